@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make demo` (the end-to-end demo) and `make test` (the tests).
+# Each creates the virtual environment, installs the pinned dependencies, builds the package
+# (including the C++ kernel library) and then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+
+DEPS := $(VENV)/.deps-installed
+BUILT := $(VENV)/.package-built
+
+.PHONY: demo test bench clean
+
+$(DEPS): constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --constraint constraints.txt "setuptools>=68" wheel \
+		torch torchvision onnx onnxruntime onnxscript numpy tqdm pytest
+	touch $@
+
+$(BUILT): $(DEPS) pyproject.toml $(wildcard setup.py) $(wildcard kernels/*) $(wildcard kernels/*/*)
+	$(PIP) install --no-build-isolation --no-deps --editable .
+	touch $@
+
+demo: $(BUILT)
+	$(PY) examples/demo.py
+
+test: $(BUILT)
+	$(PY) -m pytest -q tests
+
+bench: $(BUILT)
+	$(PY) benchmarks/bench_kernels.py
+
+clean:
+	rm -rf $(VENV) build .cache *.egg-info binarize/*.so

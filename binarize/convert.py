@@ -1,0 +1,81 @@
+"""``binarize.convert``: the one entry point from a float model to a trainable binary one."""
+from __future__ import annotations
+
+import copy
+from typing import Dict, Iterator, Tuple, Union
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from . import passes
+from .config import ConvertConfig
+from .layers import BinaryLayer
+from .methods import get_method, method_for_config
+
+
+def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, inplace: bool = False,
+            **overrides) -> fx.GraphModule:
+    """Return a binary version of ``model`` as a ``torch.fx.GraphModule``.
+
+    ``method`` is a registered name (``"xnor"``, ``"bireal"``, ``"biper"``, ``"cbcn"``, ``"rbcn"``)
+    or a method config (``BiPerConfig(omega=20)``); keyword ``overrides`` set config fields
+    (``convert(model, "cbcn", orientations=8, keep_first=False)``).
+
+    The result starts from ``model``'s weights and BatchNorm statistics; ``model`` itself is left
+    untouched unless ``inplace=True`` (which skips the deep copy to save memory: the original's
+    modules are then reused by the result and the original must not be used any more).
+    ``result.binarize_plan`` lists the binary layers and why every other layer stayed float.
+    """
+    if isinstance(method, ConvertConfig):
+        config = method.with_overrides(**overrides) if overrides else method
+        spec = method_for_config(config)
+    elif isinstance(method, str):
+        spec = get_method(method)
+        config = spec.config().with_overrides(**overrides)
+    else:
+        raise TypeError(f"method must be a method name or a config, not {type(method).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+
+    source = model if inplace else copy.deepcopy(model)
+    gm = passes.trace(source, config.leaf_modules)
+    passes.disable_inplace(gm)
+    plan = passes.plan_binary_layers(gm, config)
+    if not plan.binary:
+        raise ValueError(f"convert: no layer of {type(model).__name__} can be binarized with these "
+                         f"options; every Conv2d/Linear stays float:\n{plan}")
+    if config.double_skip:
+        passes.add_double_skips(gm, plan.binary)
+    passes.rewrite_sign_inputs(gm, plan.binary, config.activation)
+    passes.swap_binary_layers(gm, plan.binary, spec, config)
+    gm.recompile()
+    gm.binarize_plan = plan
+    gm.binarize_config = config
+    return gm
+
+
+def binary_layers(model: nn.Module) -> Iterator[Tuple[str, BinaryLayer]]:
+    """(name, layer) for every binary layer of ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, BinaryLayer):
+            yield name, module
+
+
+def set_stage(model: nn.Module, stage: int) -> None:
+    """Switch every two-stage (BiPer) layer to ``stage`` (1: real-valued sin(omega w), 2: binary)."""
+    staged = [m for _, m in binary_layers(model) if hasattr(m, "set_stage")]
+    if not staged:
+        raise ValueError("set_stage: the model has no two-stage layers (only method='biper' has stages)")
+    for layer in staged:
+        layer.set_stage(stage)
+
+
+def extra_losses(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The loss terms the binary layers add to the objective, summed over layers by name
+    (RBCN: ``{"rbcn_kernel": ...}``); empty for methods that add none."""
+    totals: Dict[str, torch.Tensor] = {}
+    for _, layer in binary_layers(model):
+        for key, value in layer.extra_losses().items():
+            totals[key] = totals[key] + value if key in totals else value
+    return totals

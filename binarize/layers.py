@@ -1,0 +1,110 @@
+"""Binary layers: the shared skeleton that every method fills in.
+
+A binary layer keeps the float *latent* weight (initialised from the pretrained layer) as
+``weight``, takes a float input, binarizes it inside with the method's activation estimator
+(sign(0) = +1, see :mod:`binarize.quantizers`) and convolves it with the method's binarized,
+scaled weight. Padding is applied by ``F.conv2d`` *after* the input is binarized, so padded
+taps are 0 and contribute nothing to the dot product; the exported kernel reproduces exactly
+that (see ``kernels/SPEC.md``).
+
+A method supplies a mixin with three hooks:
+
+- ``_init_method_state()``: create the method's parameters/buffers from the copied weights;
+- ``binarized_weight()``: the weight used in the forward pass (differentiable to the latent one);
+- ``export_weight()``: ``(signs, multiplier)`` with signs in {-1, +1} shaped like the weight the
+  runtime convolves with and one float per output channel of it, such that in eval mode
+  ``forward(x) == reduce(conv(sign(x), signs * multiplier)) + bias``; ``reduce`` is the identity
+  except for layers with ``orientations > 1`` (CBCN), where it is a max over orientations.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConvertConfig
+from .quantizers import get_estimator
+
+
+def per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape one value per output channel so it broadcasts against a weight tensor ``like``."""
+    return values.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def mean_abs_per_channel(w: torch.Tensor) -> torch.Tensor:
+    """mean |w| over everything but the output-channel axis (XNOR-Net's alpha), shape (out,)."""
+    return w.abs().flatten(1).mean(1)
+
+
+class BinaryLayer:
+    """Behaviour shared by :class:`BinaryConv2d` and :class:`BinaryLinear`."""
+
+    config: ConvertConfig
+    #: Packed output channels per logical output channel (CBCN's K); the runtime takes a max over them.
+    orientations: int = 1
+
+    def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
+        raise NotImplementedError
+
+    def binarized_weight(self) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def export_weight(self) -> Tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """Loss terms this layer adds to the training objective (RBCN's kernel loss)."""
+        return {}
+
+    def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        name = self.config.activation_estimator
+        return get_estimator(name)(x, **self.config.estimator_kwargs(name))
+
+    def weight_estimator(self, w: torch.Tensor, **params) -> torch.Tensor:
+        name = self.config.weight_estimator
+        return get_estimator(name)(w, **self.config.estimator_kwargs(name), **params)
+
+    def _copy_from(self, layer: nn.Module) -> None:
+        with torch.no_grad():
+            self.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                self.bias.copy_(layer.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, method={self.config.method}"
+
+
+class BinaryConv2d(BinaryLayer, nn.Conv2d):
+    """A Conv2d with binary weights and binary (internally binarized) input."""
+
+    def __init__(self, conv: nn.Conv2d, config: ConvertConfig):
+        nn.Conv2d.__init__(
+            self, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+            conv.padding, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype)
+        self.config = config
+        self._copy_from(conv)
+        self._init_method_state()
+
+    def conv(self, x_binary: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return F.conv2d(x_binary, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.binarize_input(x), self.binarized_weight(), self.bias)
+
+
+class BinaryLinear(BinaryLayer, nn.Linear):
+    """A Linear layer with binary weights and binary (internally binarized) input."""
+
+    def __init__(self, linear: nn.Linear, config: ConvertConfig):
+        nn.Linear.__init__(self, linear.in_features, linear.out_features, linear.bias is not None,
+                           device=linear.weight.device, dtype=linear.weight.dtype)
+        self.config = config
+        self._copy_from(linear)
+        self._init_method_state()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.binarize_input(x), self.binarized_weight(), self.bias)

@@ -1,0 +1,108 @@
+"""BiPer: binary neural networks using a periodic function (Vargas et al., 2024).
+
+Weights (eqs. 1-2): forward ``w_q = sign(sin(omega w))``; backward through the sine surrogate
+``w_hat = sin(omega w)``, so ``dL/dw = dL/dw_q * omega * cos(omega w)``.
+
+Scale: one learnable float per output channel, initialised (not random) with the closed-form
+optimal scale of eq. 8, ``gamma(b, omega)``, where ``b`` is a zero-mean Laplace fit (mean |w|) of
+that channel's pretrained weights.
+
+How pretrained weights enter ``sin(omega w)``: they are used unchanged as the latent weights.
+For ``|w| < pi / omega`` (0.157 at omega = 20), ``sin(omega w)`` has the sign of ``w``, so a
+pretrained network keeps its weight signs except for the (rare) larger weights, which the periodic
+function folds over; ``binarize.analysis.quantization_report`` shows ``b`` and the QE per layer.
+``omega="auto"`` picks ``omega = 0.27777 / b`` per layer (see :func:`binarize.analysis.auto_omega`).
+
+Two stages (section 2.3): stage 1 trains with the real-valued ``w_hat = sin(omega w)`` and binary
+activations; stage 2 with ``scale * sign(sin(omega w))``. ``binarize.set_stage(model, 2)`` switches
+and re-fits the scale from the stage-1 weights (eq. 8), so stage 2 is warm-started from stage 1.
+Only a stage-2 model exports. Activations: sign with the ApproxSign gradient.
+Cost: as XNOR-Net at inference; training adds one sin/cos per weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..analysis import auto_omega, laplace_fit, optimal_scale
+from ..config import ConvertConfig
+from ..layers import BinaryConv2d, BinaryLinear, per_channel
+from ..quantizers import binary_sign
+from . import Method, register_method
+
+
+@dataclass
+class BiPerConfig(ConvertConfig):
+    """BiPer.
+
+    - ``omega``: frequency omega_0 of the periodic function; 20 (the paper's choice) or ``"auto"``.
+    - ``stage``: 1 (real-valued sin(omega w) weights, binary activations) or 2 (binary weights).
+    - ``activation_estimator``: "approx_sign"; ``weight_estimator``: "sine" (the surrogate of eq. 2).
+    """
+
+    omega: Union[float, str] = 20.0
+    stage: int = 1
+    activation_estimator: str = "approx_sign"
+    weight_estimator: str = "sine"
+    method = "biper"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.omega != "auto" and not (isinstance(self.omega, (int, float)) and self.omega > 0):
+            raise ValueError(f"omega={self.omega!r}: expected a positive number or 'auto'")
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage={self.stage!r}: expected 1 or 2")
+
+
+class BiPerWeights:
+    def _init_method_state(self):
+        b = float(laplace_fit(self.weight))
+        omega = auto_omega(b) if self.config.omega == "auto" else float(self.config.omega)
+        self.register_buffer("omega", torch.tensor(omega, dtype=self.weight.dtype))
+        self.register_buffer("stage", torch.tensor(self.config.stage))
+        self.scale = nn.Parameter(torch.empty(self.weight.shape[0], dtype=self.weight.dtype))
+        self.fit_scale()
+
+    @torch.no_grad()
+    def fit_scale(self):
+        """Eq. 8 per output channel, from a Laplace fit of that channel's latent weights."""
+        b = laplace_fit(self.weight, dim=0).clamp_min(1e-12).cpu().double().numpy()
+        gamma = optimal_scale(b, float(self.omega))
+        self.scale.copy_(torch.as_tensor(gamma, dtype=self.scale.dtype))
+
+    def set_stage(self, stage: int):
+        if stage not in (1, 2):
+            raise ValueError(f"stage={stage!r}: expected 1 or 2")
+        if int(self.stage) == 1 and stage == 2:
+            self.fit_scale()
+        self.stage.fill_(stage)
+
+    def binarized_weight(self):
+        w = self.weight
+        if int(self.stage) == 1:
+            return torch.sin(self.omega * w)
+        return per_channel(self.scale, w) * self.weight_estimator(w, omega=self.omega)
+
+    def export_weight(self):
+        if int(self.stage) != 2:
+            raise ValueError("a BiPer layer in stage 1 has real-valued weights and cannot be "
+                             "exported as binary: call binarize.set_stage(model, 2) (and fine-tune) first")
+        w = self.weight.detach()
+        return binary_sign(torch.sin(self.omega * w)), self.scale.detach().clone()
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, omega={float(self.omega):.4g}, stage={int(self.stage)}"
+
+
+class BiPerConv2d(BiPerWeights, BinaryConv2d):
+    pass
+
+
+class BiPerLinear(BiPerWeights, BinaryLinear):
+    pass
+
+
+register_method(Method("biper", BiPerConfig, BiPerConv2d, BiPerLinear))

@@ -1,0 +1,50 @@
+"""XNOR-Net (Rastegari et al., 2016), the baseline.
+
+Weights: ``alpha * sign(w)`` with ``alpha = mean |w|`` per output channel; the gradient
+reaches ``w`` through ``alpha`` and through the clipped STE of the sign.
+Activations: sign with the clipped STE (gradient 1 where |x| <= 1).
+Cost: one bit per weight plus one float per output channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import ConvertConfig
+from ..layers import BinaryConv2d, BinaryLinear, mean_abs_per_channel, per_channel
+from ..quantizers import binary_sign
+from . import Method, register_method
+
+
+@dataclass
+class XnorConfig(ConvertConfig):
+    """XNOR-Net. ``activation_estimator``/``weight_estimator``: clipped STE ("ste").
+    ``double_skip`` defaults to False: the paper's network has only the original shortcuts."""
+
+    double_skip: bool = False
+    activation_estimator: str = "ste"
+    weight_estimator: str = "ste"
+    method = "xnor"
+
+
+class XnorWeights:
+    def _init_method_state(self):
+        pass
+
+    def binarized_weight(self):
+        w = self.weight
+        return per_channel(mean_abs_per_channel(w), w) * self.weight_estimator(w)
+
+    def export_weight(self):
+        w = self.weight.detach()
+        return binary_sign(w), mean_abs_per_channel(w)
+
+
+class XnorConv2d(XnorWeights, BinaryConv2d):
+    pass
+
+
+class XnorLinear(XnorWeights, BinaryLinear):
+    pass
+
+
+register_method(Method("xnor", XnorConfig, XnorConv2d, XnorLinear))

@@ -1,0 +1,380 @@
+"""The graph passes behind :func:`binarize.convert`, each one function over a ``torch.fx.GraphModule``.
+
+``convert`` runs them in this order:
+
+1. :func:`trace` - symbolic trace, with a clear error naming the module that cannot be traced;
+2. :func:`disable_inplace` - in-place activations would overwrite tensors the new branches read;
+3. :func:`plan_binary_layers` - which Conv2d/Linear modules become binary, and why the others stay float;
+4. :func:`add_double_skips` - a Bi-Real shortcut around every binary conv and its BatchNorm;
+5. :func:`rewrite_sign_inputs` - a binary layer binarizes its input, and sign(ReLU(x)) = +1 everywhere
+   (sign(0) = +1), so the ReLU-like activation in front of it is replaced, for that layer only;
+6. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers.
+
+:func:`topological_sort` restores a valid node order after passes that add edges.
+"""
+from __future__ import annotations
+
+import operator
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConvertConfig
+
+
+class TraceError(RuntimeError):
+    """torch.fx could not trace part of the model."""
+
+
+# ----------------------------------------------------------------------------------------- trace
+class _ScopeTracer(fx.Tracer):
+    """A tracer that honours extra leaf modules and remembers which module failed to trace."""
+
+    def __init__(self, leaf_names: Sequence[str], leaf_types: tuple):
+        super().__init__()
+        self.leaf_names = set(leaf_names)
+        self.leaf_types = leaf_types
+        self.failed_module: Optional[str] = None
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (qualname in self.leaf_names or (self.leaf_types and isinstance(m, self.leaf_types))
+                or super().is_leaf_module(m, qualname))
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_module is None:  # the innermost module is the first to see the error
+                self.failed_module = self.path_of_module(m)
+            raise
+
+
+def trace(model: nn.Module, leaf_modules: Sequence[Union[str, type]] = ()) -> fx.GraphModule:
+    """Symbolically trace ``model``; ``leaf_modules`` (names or types) are kept as opaque calls."""
+    names = [m for m in leaf_modules if isinstance(m, str)]
+    types = tuple(m for m in leaf_modules if isinstance(m, type))
+    known = {name for name, _ in model.named_modules()}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ValueError(f"leaf_modules: no module named {missing} in {type(model).__name__}")
+    tracer = _ScopeTracer(names, types)
+    try:
+        graph = tracer.trace(model)
+    except Exception as err:
+        where = tracer.failed_module
+        if where:
+            culprit = type(model.get_submodule(where)).__name__
+            raise TraceError(
+                f"torch.fx could not trace module '{where}' ({culprit}): {type(err).__name__}: {err}\n"
+                f"Mark it as a leaf so it is kept as one opaque call (its convolutions stay float): "
+                f"binarize.convert(model, ..., leaf_modules=['{where}'])") from err
+        raise TraceError(
+            f"torch.fx could not trace the forward of {type(model).__name__} itself: "
+            f"{type(err).__name__}: {err}\nOnly its submodules can be marked as leaves "
+            f"(leaf_modules=[...]); the top-level forward must be traceable.") from err
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.train(model.training)
+    for name, module in gm.named_modules():
+        is_leaf = name in tracer.leaf_names or (types and isinstance(module, types))
+        if is_leaf and any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules()):
+            warnings.warn(f"leaf module '{name}' is not traced into: its Conv2d/Linear layers stay float")
+    return gm
+
+
+# ------------------------------------------------------------------------------- disable_inplace
+_INPLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: F.relu}
+
+
+def disable_inplace(gm: fx.GraphModule) -> None:
+    """Make every activation out-of-place: the new shortcut and sign-input nodes read tensors
+    that an in-place ReLU further down the graph would otherwise overwrite."""
+    for module in gm.modules():
+        if getattr(module, "inplace", False) is True:
+            module.inplace = False
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+            node.target = _INPLACE_FUNCTIONS[node.target]
+        if node.op == "call_method" and node.target in ("relu_", "clamp_", "hardtanh_"):
+            node.target = node.target[:-1]
+        if node.op in ("call_function", "call_method") and node.kwargs.get("inplace"):
+            node.kwargs = {**node.kwargs, "inplace": False}
+
+
+# -------------------------------------------------------------------------------- plan
+@dataclass
+class LayerPlan:
+    """The outcome of :func:`plan_binary_layers`: binary module names in graph order, and for
+    every other Conv2d/Linear module the reason it stays float."""
+
+    binary: List[str] = field(default_factory=list)
+    kept_float: Dict[str, str] = field(default_factory=dict)
+
+    def __str__(self):
+        lines = [f"binary ({len(self.binary)}): " + ", ".join(self.binary)]
+        lines += [f"float  {name}: {why}" for name, why in self.kept_float.items()]
+        return "\n".join(lines)
+
+
+_ADDS = {operator.add, torch.add}
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
+    return gm.get_submodule(node.target) if node.op == "call_module" else None
+
+
+def _is_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADDS)
+            or (node.op == "call_method" and node.target in ("add", "add_")))
+
+
+def _is_shortcut_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A 1x1 conv on a shortcut branch (ResNet's downsample): its output, through an optional
+    BatchNorm, is added to something, and its input also feeds another convolution."""
+    conv = _module(gm, node)
+    if tuple(conv.kernel_size) != (1, 1):
+        return False
+    out = node
+    users = list(out.users)
+    if len(users) == 1 and isinstance(_module(gm, users[0]), nn.modules.batchnorm._BatchNorm):
+        out = users[0]
+    if not any(_is_add(u) for u in out.users):
+        return False
+    source = node.args[0]
+    return any(u is not node and isinstance(_module(gm, u), nn.Conv2d) for u in source.users)
+
+
+def _excluded_by_name(name: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        if pattern.startswith("re:"):
+            if re.fullmatch(pattern[3:], name):
+                return True
+        elif pattern == name:
+            return True
+    return False
+
+
+def plan_binary_layers(gm: fx.GraphModule, config: ConvertConfig) -> LayerPlan:
+    """Choose the Conv2d (and, with ``binarize_linear``, Linear) modules to binarize."""
+    from .layers import BinaryLayer
+
+    known = {name for name, _ in gm.named_modules()}
+    unknown = [p for p in config.exclude if not p.startswith("re:") and p not in known]
+    if unknown:
+        raise ValueError(f"exclude: no module named {unknown} in the model")
+    candidates = [n for n in gm.graph.nodes
+                  if isinstance(_module(gm, n), (nn.Conv2d, nn.Linear))
+                  and not isinstance(_module(gm, n), BinaryLayer)]
+    convs = [n for n in candidates if isinstance(_module(gm, n), nn.Conv2d)]
+    first = convs[0] if convs else None
+    last = candidates[-1] if candidates else None
+
+    plan = LayerPlan()
+    seen = set()
+    for node in candidates:
+        name, module = node.target, _module(gm, node)
+        if name in seen:  # a module called more than once: decided at its first call
+            continue
+        seen.add(name)
+        is_conv = isinstance(module, nn.Conv2d)
+        if not is_conv and not config.binarize_linear:
+            why = "Linear (binarize_linear=False)"
+        elif config.keep_first and node is first:
+            why = "first convolution (keep_first=True)"
+        elif config.keep_last and node is last:
+            why = "last layer (keep_last=True)"
+        elif is_conv and module.groups != 1:
+            why = f"grouped/depthwise convolution (groups={module.groups})"
+        elif is_conv and module.padding_mode != "zeros":
+            why = f"padding_mode={module.padding_mode!r} (binary layers zero-pad)"
+        elif is_conv and config.keep_downsample and _is_shortcut_conv(gm, node):
+            why = "1x1 shortcut/downsample convolution (keep_downsample=True)"
+        elif _excluded_by_name(name, config.exclude):
+            why = "excluded by name (exclude)"
+        elif config.exclude_types and isinstance(module, tuple(config.exclude_types)):
+            why = "excluded by type (exclude_types)"
+        else:
+            plan.binary.append(name)
+            continue
+        plan.kept_float[name] = why
+    return plan
+
+
+# ---------------------------------------------------------------------------- double skips
+def _keeps_spatial_size(conv: nn.Conv2d) -> bool:
+    """True when the output is ceil(input / stride) in both axes ("same" padding)."""
+    return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
+
+
+def _following_batchnorm(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
+    users = list(node.users)
+    if len(users) == 1 and isinstance(_module(gm, users[0]), nn.modules.batchnorm._BatchNorm):
+        return users[0]
+    return node
+
+
+def _existing_downsample(gm: fx.GraphModule, node: fx.Node, conv: nn.Conv2d,
+                         binary: set) -> Optional[fx.Node]:
+    """A float 1x1 conv (+BN) branch that reads the same input and gives the same output shape."""
+    for user in node.args[0].users:
+        other = _module(gm, user)
+        if (user is not node and user.target not in binary and isinstance(other, nn.Conv2d)
+                and tuple(other.kernel_size) == (1, 1) and other.groups == 1
+                and tuple(other.padding) == (0, 0) and tuple(other.stride) == tuple(conv.stride)
+                and other.in_channels == conv.in_channels and other.out_channels == conv.out_channels):
+            return _following_batchnorm(gm, user)
+    return None
+
+
+def _new_downsample(conv: nn.Conv2d) -> nn.Module:
+    """Bi-Real's shortcut for a shape-changing conv: AvgPool + float 1x1 conv + BatchNorm.
+    The BatchNorm's weight starts at 0, so the converted network's output is not perturbed by a
+    random branch at conversion time; training grows it."""
+    stride = tuple(conv.stride)
+    pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+            if stride != (1, 1) else nn.Identity())
+    bn = nn.BatchNorm2d(conv.out_channels)
+    nn.init.zeros_(bn.weight)
+    return nn.Sequential(pool, nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False), bn).to(
+        device=conv.weight.device, dtype=conv.weight.dtype)
+
+
+def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
+    """Give every binary conv (with its BatchNorm) its own shortcut, Bi-Real style:
+    identity where shapes match, the block's existing downsample branch where there is one,
+    otherwise a new AvgPool + 1x1 conv + BN. Returns the names of the modules added."""
+    binary_set = set(binary)
+    added = []
+    for node in list(gm.graph.nodes):
+        conv = _module(gm, node)
+        if node.target not in binary_set or not isinstance(conv, nn.Conv2d):
+            continue
+        if not _keeps_spatial_size(conv):
+            warnings.warn(f"no double skip around '{node.target}': padding {conv.padding} does not keep "
+                          f"the spatial size for kernel {conv.kernel_size}, so no shortcut can match it")
+            continue
+        source = node.args[0]
+        out = _following_batchnorm(gm, node)
+        if tuple(conv.stride) == (1, 1) and conv.in_channels == conv.out_channels:
+            shortcut = source
+        else:
+            shortcut = _existing_downsample(gm, node, conv, binary_set)
+            if shortcut is None:
+                name = node.target.replace(".", "_") + "_skip"
+                gm.add_submodule(name, _new_downsample(conv))
+                added.append(name)
+                with gm.graph.inserting_after(source):
+                    shortcut = gm.graph.call_module(name, (source,))
+        with gm.graph.inserting_after(out):
+            summed = gm.graph.call_function(operator.add, (out, shortcut))
+        out.replace_all_uses_with(summed, delete_user_cb=lambda user: user is not summed)
+    topological_sort(gm.graph)
+    return added
+
+
+# -------------------------------------------------------------------------- sign inputs
+_RELU_MODULES = (nn.ReLU, nn.ReLU6)
+_RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
+# Ops that carry a ReLU's non-negativity through to a binary layer's input: the ReLU in front
+# of them must be replaced too (e.g. ReLU -> MaxPool -> conv in VGG and the ResNet stem).
+_PASS_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+                 nn.Dropout, nn.Identity, nn.Flatten)
+_PASS_FUNCTIONS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
+                   F.adaptive_max_pool2d, F.dropout}
+_PASS_METHODS = {"flatten", "view", "reshape"}
+
+
+def _is_relu(gm, node) -> bool:
+    return (isinstance(_module(gm, node), _RELU_MODULES)
+            or (node.op == "call_function" and node.target in _RELU_FUNCTIONS)
+            or (node.op == "call_method" and node.target == "relu"))
+
+
+def _is_pass_through(gm, node) -> bool:
+    return (isinstance(_module(gm, node), _PASS_MODULES)
+            or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _PASS_METHODS))
+
+
+def _sign_input_activation(kind: str) -> Optional[nn.Module]:
+    if kind == "hardtanh":
+        return nn.Hardtanh()
+    if kind == "prelu":
+        return nn.PReLU(init=0.25)
+    return None  # "identity": the binary layer reads the pre-activation value
+
+
+def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: str) -> List[str]:
+    """Replace the ReLU-like activation in front of every binary layer (possibly behind pooling,
+    dropout or flatten) by ``activation``, for the binary layer only: the activation's other
+    consumers (float layers, shortcuts) keep the original. Returns the names of added modules."""
+    binary_set = set(binary)
+    rewritten: Dict[fx.Node, fx.Node] = {}  # original input node -> new input node
+    added = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or node.target not in binary_set:
+            continue
+        original = node.args[0]
+        if original not in rewritten:
+            chain, cursor = [], original
+            while _is_pass_through(gm, cursor) and cursor.args and isinstance(cursor.args[0], fx.Node):
+                chain.append(cursor)
+                cursor = cursor.args[0]
+            if not _is_relu(gm, cursor):
+                continue
+            new = cursor.args[0]
+            module = _sign_input_activation(activation)
+            if module is not None:
+                name = f"{cursor.name}_sign_input"
+                gm.add_submodule(name, module)
+                added.append(name)
+                with gm.graph.inserting_after(new):
+                    new = gm.graph.call_module(name, (new,))
+            for step in reversed(chain):  # clone the pass-through ops on the new value
+                with gm.graph.inserting_after(new):
+                    new = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
+            rewritten[original] = new
+        node.replace_input_with(original, rewritten[original])
+    gm.graph.eliminate_dead_code()
+    topological_sort(gm.graph)
+    return added
+
+
+# ------------------------------------------------------------------------------------ swap
+def swap_binary_layers(gm: fx.GraphModule, binary: Sequence[str], method, config: ConvertConfig) -> None:
+    """Replace each planned module by ``method``'s binary layer, built from its float weights."""
+    for name in binary:
+        old = gm.get_submodule(name)
+        new = method.conv(old, config) if isinstance(old, nn.Conv2d) else method.linear(old, config)
+        new.train(old.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(gm.get_submodule(parent_name) if parent_name else gm, child, new)
+
+
+# ------------------------------------------------------------------------- topological sort
+def topological_sort(graph: fx.Graph) -> None:
+    """Reorder nodes so every node follows its inputs, keeping the existing order where it is
+    already valid (passes insert edges to nodes that appear later, e.g. a downsample branch)."""
+    order, placed = [], set()
+    for start in list(graph.nodes):
+        stack = [(start, False)]
+        while stack:
+            node, inputs_done = stack.pop()
+            if node in placed:
+                continue
+            if inputs_done:
+                placed.add(node)
+                order.append(node)
+                continue
+            stack.append((node, True))
+            for dep in reversed(node.all_input_nodes):
+                if dep not in placed:
+                    stack.append((dep, False))
+    for before, after in zip(order, order[1:]):
+        before.append(after)
+    graph.lint()

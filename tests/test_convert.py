@@ -1,0 +1,272 @@
+"""binarize.convert and its graph passes on torchvision models and users' own models."""
+import copy
+import operator
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import binarize
+from binarize import passes
+from binarize.layers import BinaryLayer
+from binarize.methods import METHODS
+from binarize.quantizers import binary_sign
+
+METHOD_NAMES = sorted(METHODS)
+
+
+def conv_names(model, keep):
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and keep(n, m)]
+
+
+# Expected binary layers, derived from each architecture independently of the pass's rules.
+ARCHITECTURES = {
+    "resnet18": lambda m: conv_names(m, lambda n, c: n.startswith("layer") and "downsample" not in n),
+    "resnet50": lambda m: conv_names(m, lambda n, c: n.startswith("layer") and "downsample" not in n),
+    "vgg11_bn": lambda m: conv_names(m, lambda n, c: n != "features.0"),
+    "mobilenet_v2": lambda m: conv_names(m, lambda n, c: n != "features.0.0" and c.groups == 1),
+    "densenet121": lambda m: conv_names(m, lambda n, c: n != "features.conv0"),
+}
+
+
+@pytest.fixture(scope="module")
+def torchvision_models():
+    torch.manual_seed(0)
+    return {name: getattr(torchvision.models, name)() for name in ARCHITECTURES}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_torchvision_models_convert_train_and_replace_exactly_the_expected_layers(
+        torchvision_models, arch, method):
+    model = torchvision_models[arch]
+    bnn = binarize.convert(model, method)
+    expected = ARCHITECTURES[arch](model)
+    assert bnn.binarize_plan.binary == expected
+    replaced = [n for n, m in bnn.named_modules() if isinstance(m, BinaryLayer)]
+    assert sorted(replaced) == sorted(expected)
+    assert all(isinstance(m, METHODS[method].conv) for n, m in bnn.named_modules() if n in expected)
+    bnn.train()
+    x = torch.randn(2, 3, 32, 32)
+    out = bnn(x)
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [m.weight.grad for _, m in bnn.named_modules() if isinstance(m, BinaryLayer)]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(bool(g.abs().sum() > 0) for g in grads) >= len(grads) * 0.9
+
+
+def test_resnet18_double_skips_reuse_downsample_and_add_no_parameters(torchvision_models):
+    model = torchvision_models["resnet18"]
+    bnn = binarize.convert(model, "bireal")  # bireal adds no parameter of its own
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    hardtanh = sum(isinstance(m, nn.Hardtanh) for m in bnn.modules())
+    assert count(bnn) == count(model) and hardtanh == 16
+    adds = lambda g: sum(n.op == "call_function" and n.target is operator.add for n in g.graph.nodes)
+    assert adds(bnn) == adds(torch.fx.symbolic_trace(model)) + 16
+    no_skip = binarize.convert(model, "bireal", double_skip=False)
+    assert adds(no_skip) == adds(torch.fx.symbolic_trace(model))
+
+
+class PlainNet(nn.Module):
+    """No shortcuts, a channel-doubling strided conv, ReLU -> MaxPool -> conv, F.relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        a0 = torch.relu(self.bn0(self.conv0(x)))
+        a1 = nn.functional.relu(self.bn1(self.conv1(a0)))
+        a2 = self.pool(nn.functional.relu(self.bn2(self.conv2(a1))))
+        a3 = self.conv3(a2).relu()
+        return self.fc(a3.mean((2, 3)))
+
+
+def test_plain_net_structure_matches_bireal_double_skip_by_hand():
+    torch.manual_seed(0)
+    model = PlainNet().eval()
+    bnn = binarize.convert(model, "xnor", double_skip=True).eval()
+    assert bnn.binarize_plan.binary == ["conv1", "conv2", "conv3"]
+    assert isinstance(bnn.conv2_skip[0], nn.AvgPool2d) and bnn.conv2_skip[2].weight.abs().sum() == 0
+    with torch.no_grad():
+        bnn.conv2_skip[2].weight.fill_(0.5)  # make the new branch matter
+        x = torch.randn(3, 3, 17, 15)
+        ht = nn.functional.hardtanh
+        z0 = bnn.bn0(bnn.conv0(x))
+        out1 = bnn.bn1(bnn.conv1(ht(z0))) + torch.relu(z0)
+        out2 = bnn.bn2(bnn.conv2(ht(out1))) + bnn.conv2_skip(torch.relu(out1))
+        a2 = bnn.pool(torch.relu(out2))
+        z3 = bnn.conv3(bnn.pool(ht(out2))) + a2
+        expected = bnn.fc(z3.relu().mean((2, 3)))
+        assert torch.allclose(bnn(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["hardtanh", "prelu", "identity"])
+def test_binary_layers_see_both_signs(torchvision_models, activation):
+    bnn = binarize.convert(torchvision_models["resnet18"], "xnor", activation=activation).eval()
+    fractions = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: fractions.append(
+        float((binary_sign(inp[0]) < 0).float().mean())))
+        for m in bnn.modules() if isinstance(m, BinaryLayer)]
+    bnn(torch.randn(2, 3, 64, 64))
+    for h in hooks:
+        h.remove()
+    # layer1.0.conv1 reads the stem's max-pool: a max over 9 values is rarely negative, whatever
+    # the activation (a documented limitation); every other binary layer sees both signs
+    assert len(fractions) == 16 and fractions[0] > 0 and min(fractions[1:]) > 0.05
+    # the float network's own ReLUs are still there for the float consumers
+    assert any(isinstance(m, nn.ReLU) for m in bnn.modules())
+
+
+def test_without_rewrite_a_relu_input_would_be_constant(torchvision_models):
+    """The failure the rewrite exists for: sign(ReLU(x)) is +1 everywhere."""
+    model = torchvision_models["resnet18"].eval()
+    seen = []
+    h = model.layer1[0].conv2.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    model(torch.randn(1, 3, 64, 64))
+    h.remove()
+    assert (binary_sign(seen[0]) > 0).all()
+
+
+def test_options_first_last_linear_exclude(torchvision_models):
+    model = torchvision_models["resnet18"]
+    plan = binarize.convert(model, "xnor", keep_first=False).binarize_plan
+    assert plan.binary[0] == "conv1"
+    plan = binarize.convert(model, "xnor", binarize_linear=True, keep_last=False).binarize_plan
+    assert plan.binary[-1] == "fc"
+    plan = binarize.convert(model, "xnor", keep_downsample=False).binarize_plan
+    assert "layer2.0.downsample.0" in plan.binary
+    plan = binarize.convert(model, "xnor", exclude=["layer1.0.conv1", "re:layer4\\..*"]).binarize_plan
+    assert "layer1.0.conv1" not in plan.binary and not any(n.startswith("layer4") for n in plan.binary)
+    assert plan.kept_float["layer4.1.conv2"] == "excluded by name (exclude)"
+    vgg = torchvision_models["vgg11_bn"]
+    plan = binarize.convert(vgg, "xnor", binarize_linear=True).binarize_plan
+    assert plan.binary[-2:] == ["classifier.0", "classifier.3"] and "classifier.6" in plan.kept_float
+    plan = binarize.convert(PlainNet(), "xnor", exclude_types=(nn.Conv2d,), binarize_linear=True,
+                            keep_last=False).binarize_plan
+    assert plan.binary == ["fc"]
+
+
+def test_bad_options_give_clear_errors(torchvision_models):
+    model = torchvision_models["resnet18"]
+    with pytest.raises(TypeError, match="omga"):
+        binarize.convert(model, "biper", omga=3)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        binarize.convert(model, "nope")
+    with pytest.raises(ValueError, match="exclude: no module named"):
+        binarize.convert(model, "xnor", exclude=["layer9.conv"])
+    with pytest.raises(ValueError, match="activation="):
+        binarize.convert(model, "xnor", activation="relu")
+    with pytest.raises(ValueError, match="no layer"):
+        binarize.convert(nn.Sequential(nn.Conv2d(3, 3, 3)), "xnor")
+
+
+def test_config_object_and_overrides(torchvision_models):
+    bnn = binarize.convert(torchvision_models["resnet18"], binarize.BiPerConfig(omega=10.0), stage=2)
+    layer = bnn.get_submodule("layer1.0.conv1")
+    assert float(layer.omega) == 10.0 and int(layer.stage) == 2
+    assert "method=biper" in str(bnn)
+
+
+class Gate(nn.Module):
+    def forward(self, x):
+        return x if x.sum() > 0 else -x  # data-dependent control flow: not traceable
+
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+        self.gate = Gate()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.gate(self.body(self.stem(x))).mean((2, 3)))
+
+
+def test_untraceable_module_is_named_and_leaf_option_works():
+    with pytest.raises(binarize.TraceError, match=r"(?s)module 'gate' \(Gate\).*leaf_modules=\['gate'\]"):
+        binarize.convert(UserNet(), "rbcn")
+    bnn = binarize.convert(UserNet(), "rbcn", leaf_modules=["gate"])
+    assert bnn.binarize_plan.binary == ["body.1"]
+    bnn(torch.randn(2, 1, 9, 9)).sum().backward()
+    by_type = binarize.convert(UserNet(), "rbcn", leaf_modules=[Gate])
+    assert by_type.binarize_plan.binary == ["body.1"]
+
+
+def test_leaf_with_convolutions_warns():
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = UserNet()
+            self.extra = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.inner(x)
+
+    with pytest.warns(UserWarning, match="'inner' is not traced into"):
+        with pytest.raises(ValueError, match="no layer"):
+            binarize.convert(Wrapped(), "xnor", leaf_modules=["inner"])
+
+
+def test_caller_model_untouched_unless_inplace(torchvision_models):
+    model = torchvision_models["resnet18"]
+    before = copy.deepcopy(model.state_dict())
+    bnn = binarize.convert(model, "biper")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert isinstance(model.layer1[0].conv1, nn.Conv2d) and model.relu.inplace
+    assert bnn.get_submodule("layer1.0.conv1").weight.data_ptr() != model.layer1[0].conv1.weight.data_ptr()
+    own = copy.deepcopy(model)
+    bnn2 = binarize.convert(own, "biper", inplace=True)
+    assert bnn2.get_submodule("bn1") is own.bn1
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_state_dict_round_trip_and_any_optimizer(torchvision_models, method):
+    model = torchvision_models["resnet18"]
+    bnn = binarize.convert(model, method)
+    x = torch.randn(2, 3, 40, 56)
+    for opt_cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW):
+        opt = opt_cls(bnn.parameters(), lr=1e-3)
+        before = bnn.get_submodule("layer2.0.conv1").weight.detach().clone()
+        loss = bnn(x).logsumexp(1).mean() + sum(binarize.extra_losses(bnn).values(), torch.tensor(0.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert not torch.equal(before, bnn.get_submodule("layer2.0.conv1").weight)
+    fresh = binarize.convert(model, method)
+    fresh.load_state_dict(bnn.state_dict())
+    bnn.eval(), fresh.eval()
+    assert torch.equal(bnn(x), fresh(x))
+    assert bnn(torch.randn(1, 3, 33, 47)).shape == (1, 1000)
+
+
+def test_extra_losses_and_set_stage(torchvision_models):
+    model = torchvision_models["resnet18"]
+    assert set(binarize.extra_losses(binarize.convert(model, "rbcn"))) == {"rbcn_kernel"}
+    assert binarize.extra_losses(binarize.convert(model, "xnor")) == {}
+    bnn = binarize.convert(model, "biper")
+    binarize.set_stage(bnn, 2)
+    assert all(int(m.stage) == 2 for _, m in binarize.binary_layers(bnn))
+    with pytest.raises(ValueError, match="only method='biper'"):
+        binarize.set_stage(binarize.convert(model, "xnor"), 2)
+
+
+def test_topological_sort_fixes_forward_references():
+    gm = torch.fx.symbolic_trace(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    nodes = list(gm.graph.nodes)
+    relu, tanh = nodes[1], nodes[2]
+    tanh.args = (nodes[0],)
+    relu.args = (tanh,)  # relu now depends on a later node
+    passes.topological_sort(gm.graph)
+    order = list(gm.graph.nodes)
+    assert order.index(tanh) < order.index(relu)

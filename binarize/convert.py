@@ -50,8 +50,12 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
     passes.rewrite_sign_inputs(gm, plan.binary, config.activation)
     passes.swap_binary_layers(gm, plan.binary, spec, config)
     gm.recompile()
-    gm.binarize_plan = plan
-    gm.binarize_config = config
+    attributes = {"binarize_plan": plan, "binarize_config": config}
+    # GraphModule.__deepcopy__ rebuilds the module from its graph and drops plain attributes;
+    # it restores the ones listed under this ``meta`` key (torch.fx's own mechanism).
+    gm.meta.setdefault("_user_preserved_attributes", {}).update(attributes)
+    for name, value in attributes.items():
+        setattr(gm, name, value)
     return gm
 
 

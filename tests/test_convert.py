@@ -225,6 +225,8 @@ def test_caller_model_untouched_unless_inplace(torchvision_models):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert isinstance(model.layer1[0].conv1, nn.Conv2d) and model.relu.inplace
     assert bnn.get_submodule("layer1.0.conv1").weight.data_ptr() != model.layer1[0].conv1.weight.data_ptr()
+    twin = copy.deepcopy(bnn)
+    assert twin.binarize_plan.binary == bnn.binarize_plan.binary and twin.binarize_config == bnn.binarize_config
     own = copy.deepcopy(model)
     bnn2 = binarize.convert(own, "biper", inplace=True)
     assert bnn2.get_submodule("bn1") is own.bn1

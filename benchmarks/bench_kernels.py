@@ -1,0 +1,143 @@
+"""Per-layer speed of BinaryConv2d (every kernel path) against ONNX Runtime's float and int8 Conv.
+
+    PYTHONPATH=. python benchmarks/bench_kernels.py [--runs 400] [--threads 1 2]
+
+Every model is a single 3x3 convolution (stride 1, pad 1, batch 1, C -> C channels) run through
+onnxruntime.InferenceSession.run with the same input and thread count; the time is the median
+over --runs calls after warm-up (candidates interleaved in rounds), so it includes ORT's per-run overhead (the "empty run" row
+measures that floor). The int8 model is a static per-channel QDQ quantization of the float model
+(onnxruntime.quantization.quantize_static), which ORT executes as QuantizeLinear -> QLinearConv
+-> DequantizeLinear; likewise BinaryConv2d takes float in and gives float out, with the
+binarization of the input inside the op.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+from binarize import packing, runtime
+from binarize.kernels import available_isas
+
+LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
+OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)]
+
+
+def finish(graph) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=OPSETS)
+    model.ir_version = 10  # onnxruntime 1.31 accepts IR <= 13
+    return model
+
+
+def io(c, size):
+    return ([helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, c, size, size])])
+
+
+def binary_model(c, size, rng) -> bytes:
+    signs = np.where(rng.random((c, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+    node = helper.make_node("BinaryConv2d", ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize",
+                            kernel_shape=[3, 3], in_channels=c, pads=[1, 1, 1, 1])
+    inits = [numpy_helper.from_array(packing.pack_conv_weight(signs), "W"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "multiplier"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias")]
+    return finish(helper.make_graph([node], "binary", *io(c, size), initializer=inits)).SerializeToString()
+
+
+def float_model(c, size, rng) -> onnx.ModelProto:
+    node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    inits = [numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.05).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "B")]
+    return finish(helper.make_graph([node], "float", *io(c, size), initializer=inits))
+
+
+class RandomCalibration(CalibrationDataReader):
+    def __init__(self, c, size, rng, count=4):
+        self.batches = iter([{"X": rng.standard_normal((1, c, size, size)).astype(np.float32)} for _ in range(count)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def int8_model(float_proto: onnx.ModelProto, c, size, rng, workdir: Path) -> bytes:
+    source, target = workdir / f"float_{c}.onnx", workdir / f"int8_{c}.onnx"
+    onnx.save(float_proto, source)
+    quantize_static(str(source), str(target), RandomCalibration(c, size, rng), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(target)
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def empty_model() -> bytes:
+    node = helper.make_node("Identity", ["X"], ["Y"])
+    graph = helper.make_graph([node], "empty", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+    return finish(graph).SerializeToString()
+
+
+def median_us(sessions, feed, runs, rounds=5) -> list:
+    """Median time per session; the sessions take turns in `rounds` rounds so that a change in
+    machine load (shared virtual CPUs) hits all of them alike."""
+    samples = [[] for _ in sessions]
+    for session in sessions:
+        for _ in range(max(20, runs // 10)):
+            session.run(None, feed)
+    for _ in range(rounds):
+        for session, times in zip(sessions, samples):
+            for _ in range(runs // rounds):
+                start = time.perf_counter()
+                session.run(None, feed)
+                times.append(time.perf_counter() - start)
+    return [statistics.median(times) * 1e6 for times in samples]
+
+
+def plain_session(model, threads) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=400)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    isas = [isa for isa in available_isas() if isa != "reference"]
+    rng = np.random.default_rng(0)
+    models = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for c, size in LAYERS:
+            fp = float_model(c, size, rng)
+            models[c] = (binary_model(c, size, rng), fp.SerializeToString(), int8_model(fp, c, size, rng, Path(tmp)))
+
+    columns = [f"binary {isa}" for isa in isas] + ["ORT float", "ORT int8"]
+    print(f"onnxruntime {ort.__version__}; times in microseconds (median of {args.runs} runs); "
+          f"speed-up = ORT time / binary time")
+    for threads in args.threads:
+        overhead, = median_us([plain_session(empty_model(), threads)], {"X": np.ones(1, np.float32)}, args.runs)
+        print(f"\nthreads = {threads}   (empty run, ORT per-call floor: {overhead:.1f} us)")
+        header = f"{'layer':<12}" + "".join(f"{name:>15}" for name in columns)
+        header += "".join(f"{'float/' + isa:>14}{'int8/' + isa:>13}" for isa in isas)
+        print(header)
+        for c, size in LAYERS:
+            binary, fp, int8 = models[c]
+            feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
+            sessions = [runtime.session(binary, threads=threads, isa=isa) for isa in isas]
+            sessions += [plain_session(fp, threads), plain_session(int8, threads)]
+            *times, float_time, int8_time = median_us(sessions, feed, args.runs)
+            row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>15.1f}" for t in times + [float_time, int8_time])
+            row += "".join(f"{float_time / t:>13.1f}x{int8_time / t:>12.1f}x" for t in times)
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

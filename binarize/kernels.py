@@ -1,0 +1,31 @@
+"""Location and capabilities of the compiled ONNX Runtime custom-op library (``libbinarize_ort.so``)."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+from pathlib import Path
+
+__all__ = ["library_path", "available_isas"]
+
+_LIBRARY_NAME = {"win32": "binarize_ort.dll", "darwin": "libbinarize_ort.dylib"}.get(sys.platform, "libbinarize_ort.so")
+
+
+def library_path() -> str:
+    """Absolute path of the custom-op library shipped inside the ``binarize`` package."""
+    path = Path(__file__).resolve().parent / _LIBRARY_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the C++ kernels are built with the package. From the repository root run\n"
+            f"    pip install --no-build-isolation -e .      (or: python setup.py build_ext --inplace)\n"
+            f"which runs CMake on kernels/ (ONNX Runtime headers: $ORT_INCLUDE_DIR, /usr/include/onnxruntime, "
+            f"or fetched by kernels/fetch_ort_headers.sh).")
+    return str(path)
+
+
+@functools.lru_cache(maxsize=None)
+def available_isas() -> tuple[str, ...]:
+    """Kernel paths this CPU can run, fastest first, e.g. ``('avx512', 'avx2', 'scalar', 'reference')``."""
+    library = ctypes.CDLL(library_path())
+    library.binarize_available_isas.restype = ctypes.c_char_p
+    return tuple(library.binarize_available_isas().decode().split(","))

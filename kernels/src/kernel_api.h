@@ -1,0 +1,65 @@
+// Plain-data interface between the ONNX Runtime glue (binarize_ops.cpp) and the ISA-specific
+// kernels (isa_kernels.cpp, compiled once per instruction set with different target flags).
+//
+// This header deliberately holds only POD structs and declarations: anything inline or templated
+// here would be compiled with AVX-512 flags in one translation unit and generic flags in another,
+// and the linker could keep the AVX-512 copy for everyone (an illegal instruction on AVX2 CPUs).
+#pragma once
+
+#include <cstdint>
+
+namespace binarize {
+
+// Packing of one image's float activations into sign bits (bit 1 = negative), laid out
+// [Hp][Wp][CW] 64-bit words: the padded image, NHWC, channels packed 64 per word.
+struct PackArgs {
+    const float* input;      // the image; pixel (h, w) channel c at input[c*channel_stride + (h*W + w)*pixel_stride]
+    int64_t channels;        // C
+    int64_t channel_stride;  // in floats
+    int64_t pixel_stride;    // in floats
+    int64_t height, width;   // H, W of the unpadded input
+    uint64_t* packed;        // the image's packed buffer; padding words must already be zero
+    int64_t padded_width;    // Wp
+    int64_t channel_words;   // CW = ceil(C / 64)
+    int64_t pad_top, pad_left;
+};
+
+// One binary convolution over packed activations. Output channels are processed in blocks of
+// IsaKernels::channels_per_block (MB); the weights are stored [M_padded / MB][K][MB] so that the
+// MB words of one reduction step k are contiguous (one vector load per lane group).
+struct ConvArgs {
+    const uint64_t* packed_input;   // [N][Hp][Wp][CW]
+    int64_t input_image_words;      // Hp * Wp * CW
+    const uint64_t* packed_weights; // [M_padded / MB][K][MB], zero words for channels >= M
+    int64_t reduction_words;        // K = KH * KW * CW
+    const int64_t* step_offsets;    // [K]: word offset of reduction step k from a pixel's origin
+    const int64_t* pixel_offsets;   // [Q]: word offset of output pixel q's receptive-field origin
+    const int32_t* pixel_pattern;   // [Q]: padding pattern of output pixel q
+    const int64_t* pattern_base;    // [patterns][M_padded]: D = pattern_base - 2 * popcount total
+    int64_t output_pixels;          // Q = OH * OW
+    int64_t out_channels;           // M
+    int64_t out_channels_padded;    // M rounded up to a multiple of MB
+    const float* multiplier;        // [M_padded] (zero beyond M)
+    const float* bias;              // [M_padded] (zero beyond M)
+    float* output;
+    int64_t output_image_stride, output_channel_stride, output_pixel_stride;  // in floats
+};
+
+struct IsaKernels {
+    const char* name;
+    int64_t channels_per_block;  // MB: output channels per register block
+    int64_t pixels_per_block;    // P: output pixels per register block
+    // Packs input rows [row_begin, row_end) of one image.
+    void (*pack_rows)(const PackArgs& args, int64_t row_begin, int64_t row_end);
+    // Computes output pixels [pixel_begin, pixel_end) of image `image` for channel block `channel_block`.
+    void (*conv_tile)(const ConvArgs& args, int64_t image, int64_t channel_block, int64_t pixel_begin,
+                      int64_t pixel_end);
+};
+
+namespace isa_scalar { extern const IsaKernels kernels; }
+#if defined(BINARIZE_X86_KERNELS)
+namespace isa_avx2 { extern const IsaKernels kernels; }
+namespace isa_avx512 { extern const IsaKernels kernels; }
+#endif
+
+}  // namespace binarize

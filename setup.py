@@ -1,0 +1,77 @@
+"""Build hook: compiles the C++ ONNX Runtime kernels (kernels/) into binarize/libbinarize_ort.so.
+
+All metadata lives in pyproject.toml; this file only adds a CMake-driven ``build_ext``.
+It works for ``pip install .`` (the library goes into the wheel's ``binarize/``) and for
+``pip install -e .`` / ``python setup.py build_ext --inplace`` (it lands in ``binarize/``).
+
+The ONNX Runtime C API headers come from, in order: $ORT_INCLUDE_DIR, the system
+(/usr/include/onnxruntime, Debian/Ubuntu package libonnxruntime-dev), the cache
+.cache/ort-headers, or are downloaded into that cache by kernels/fetch_ort_headers.sh.
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+LIBRARY = "libbinarize_ort.so"
+HEADER = "onnxruntime_c_api.h"
+
+
+class CMakeExtension(Extension):
+    """An extension whose sources are built by CMake rather than by setuptools."""
+
+    def __init__(self, name: str, source_dir: Path):
+        super().__init__(name, sources=[])
+        self.source_dir = source_dir
+
+
+def ort_include_dir() -> str:
+    candidates = [os.environ.get("ORT_INCLUDE_DIR"), "/usr/include/onnxruntime",
+                  str(ROOT / ".cache/ort-headers/root/usr/include/onnxruntime")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / HEADER).is_file():
+            return candidate
+    fetch = ROOT / "kernels/fetch_ort_headers.sh"
+    try:
+        result = subprocess.run(["sh", str(fetch)], check=True, stdout=subprocess.PIPE, text=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise RuntimeError(
+            f"ONNX Runtime headers ({HEADER}) not found and could not be fetched ({error}). Either set "
+            "ORT_INCLUDE_DIR to the directory containing them, install libonnxruntime-dev "
+            f"(/usr/include/onnxruntime), or run {fetch} with network access to deb.debian.org.") from error
+    return result.stdout.strip().splitlines()[-1]
+
+
+class CMakeBuild(build_ext):
+    def get_ext_filename(self, fullname):
+        # ORT loads the library by path, not as a Python module: no ABI tag in the name.
+        # setuptools calls this with the full dotted name or with its last component only.
+        *package, name = fullname.split(".")
+        if name == Path(LIBRARY).stem:
+            return os.path.join(*package, LIBRARY)
+        return super().get_ext_filename(fullname)
+
+    def build_extension(self, ext):
+        if not isinstance(ext, CMakeExtension):
+            return super().build_extension(ext)
+        if shutil.which("cmake") is None:
+            raise RuntimeError("building the binarize kernels needs CMake >= 3.18 (apt-get install cmake, or pip install cmake)")
+        build_dir = Path(self.build_temp).resolve() / "kernels"
+        build_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cmake", "-S", str(ext.source_dir), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
+                        f"-DORT_INCLUDE_DIR={ort_include_dir()}"], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)], check=True)
+        destination = Path(self.get_ext_fullpath(ext.name)).resolve()
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        # Copy then rename, so a concurrently running process never loads a half-written library.
+        partial = destination.with_suffix(".so.partial")
+        shutil.copyfile(build_dir / LIBRARY, partial)
+        os.replace(partial, destination)
+
+
+setup(ext_modules=[CMakeExtension("binarize.libbinarize_ort", ROOT / "kernels")], cmdclass={"build_ext": CMakeBuild})

@@ -13,7 +13,7 @@ BUILT := $(VENV)/.package-built
 
 $(DEPS): constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --constraint constraints.txt "setuptools>=68" wheel \
+	$(PIP) install --constraint constraints.txt "setuptools>=77" wheel \
 		torch torchvision onnx onnxruntime onnxscript numpy tqdm pytest
 	touch $@
 

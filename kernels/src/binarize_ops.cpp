@@ -282,7 +282,7 @@ struct Geometry {
     std::vector<int64_t> step_offsets;   // [K]
     std::vector<int64_t> pixel_offsets;  // [Q]
     std::vector<int32_t> pixel_pattern;  // [Q]
-    std::vector<int64_t> pattern_base;   // [patterns][M_padded]
+    std::vector<int32_t> pattern_base;   // [patterns][M_padded] (|base| <= KH*KW*C < 2^31)
 };
 
 int64_t output_size(const ConvConfig& c, const char* axis, int64_t in, int64_t pad_begin, int64_t pad_end,
@@ -353,7 +353,7 @@ std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const Weights
             for (int64_t kh = 0; kh < c.kernel_h; ++kh)
                 for (int64_t kw = 0; kw < c.kernel_w; ++kw)
                     base += rows[kh] && cols[kw] ? c.channels : 2 * w.tap_popcount[m * c.taps() + kh * c.kernel_w + kw];
-            g->pattern_base[pattern * m_padded + m] = base;
+            g->pattern_base[pattern * m_padded + m] = static_cast<int32_t>(base);
         }
     }
     return g;
@@ -372,37 +372,39 @@ TensorView input_view(Ort::KernelContext& ctx, size_t index) {
     return {value.GetTensorRawData(), value.GetTensorTypeAndShapeInfo().GetShape()};
 }
 
-// Work split for ORT's thread pool: one task packs one input row of one image, one task
-// computes a run of pixel blocks of one image for one output channel block.
+// Work split for ORT's thread pool: one task packs a run of kPackTaskPixels input pixels of one
+// image, one task computes a run of pixel blocks of one image for one output channel block.
+constexpr int64_t kPackTaskPixels = 512;  // a multiple of the kernels' 16-pixel packing group
+
 struct ParallelPack {
     const IsaKernels* kernels;
     PackArgs args;
-    int64_t rows_per_image;
+    int64_t tasks_per_image;
     int64_t image_input_stride;  // floats
     int64_t image_packed_words;
     static void run(void* self_ptr, size_t task) {
         const auto* self = static_cast<const ParallelPack*>(self_ptr);
-        const int64_t image = static_cast<int64_t>(task) / self->rows_per_image;
-        const int64_t row = static_cast<int64_t>(task) % self->rows_per_image;
+        const int64_t image = static_cast<int64_t>(task) / self->tasks_per_image;
+        const int64_t begin = static_cast<int64_t>(task) % self->tasks_per_image * kPackTaskPixels;
         PackArgs args = self->args;
         args.input += image * self->image_input_stride;
         args.packed += image * self->image_packed_words;
-        self->kernels->pack_rows(args, row, row + 1);
+        self->kernels->pack_pixels(args, begin, std::min(begin + kPackTaskPixels, args.height * args.width));
     }
 };
 
 struct ParallelConv {
     const IsaKernels* kernels;
     ConvArgs args;
-    int64_t channel_blocks, pixel_groups, pixels_per_group;
+    int64_t channel_blocks, pixel_blocks, block_groups, blocks_per_group;
     static void run(void* self_ptr, size_t task) {
         const auto* self = static_cast<const ParallelConv*>(self_ptr);
         const int64_t t = static_cast<int64_t>(task);
         const int64_t channel_block = t % self->channel_blocks;
-        const int64_t group = (t / self->channel_blocks) % self->pixel_groups;
-        const int64_t image = t / (self->channel_blocks * self->pixel_groups);
-        const int64_t begin = group * self->pixels_per_group;
-        const int64_t end = std::min(begin + self->pixels_per_group, self->args.output_pixels);
+        const int64_t group = (t / self->channel_blocks) % self->block_groups;
+        const int64_t image = t / (self->channel_blocks * self->block_groups);
+        const int64_t begin = group * self->blocks_per_group;
+        const int64_t end = std::min(begin + self->blocks_per_group, self->pixel_blocks);
         self->kernels->conv_tile(self->args, image, channel_block, begin, end);
     }
 };
@@ -514,11 +516,12 @@ public:
         const int64_t cw = config_.channel_words();
         const int64_t packed_image_words = geometry->padded_h * geometry->padded_w * cw;
         std::vector<uint64_t> packed(static_cast<size_t>(images * packed_image_words), 0);
+        const int64_t pack_tasks = (height * width + kPackTaskPixels - 1) / kPackTaskPixels;
         ParallelPack pack{kernels_,
                           PackArgs{x_data, config_.channels, channel_stride, pixel_stride, height, width, packed.data(),
                                    geometry->padded_w, cw, config_.pad_top, config_.pad_left},
-                          height, image_stride, packed_image_words};
-        ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>(images * height), 0, &pack);
+                          pack_tasks, image_stride, packed_image_words};
+        ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>(images * pack_tasks), 0, &pack);
 
         // The epilogue transforms whole channel blocks: pad multiplier and bias to M_padded.
         std::vector<float> block_multiplier(weights->out_channels_padded, 0.0f), block_bias(weights->out_channels_padded, 0.0f);
@@ -526,19 +529,23 @@ public:
         std::copy(b, b + m, block_bias.begin());
 
         const int64_t channel_blocks = weights->out_channels_padded / kernels_->channels_per_block;
-        const int64_t pixel_blocks = (pixels + kernels_->pixels_per_block - 1) / kernels_->pixels_per_block;
+        // Tile the Q pixels with blocks of P and P - 1 pixels (e.g. 49 = 4 * 6 + 5 * 5) rather than
+        // leave most lanes of a last partial block idle; possible whenever Q >= (P - 1) * blocks.
+        const int64_t block_pixels = kernels_->pixels_per_block;
+        const int64_t pixel_blocks = (pixels + block_pixels - 1) / block_pixels;
+        const int64_t short_blocks = pixel_blocks * block_pixels - pixels;
+        const int64_t full_blocks = short_blocks <= pixel_blocks ? pixel_blocks - short_blocks : pixel_blocks;
         const int64_t blocks_per_group =
             std::max<int64_t>(1, pixel_blocks * channel_blocks / kTargetTasksPerImage);
-        const int64_t pixels_per_group = blocks_per_group * kernels_->pixels_per_block;
-        const int64_t pixel_groups = (pixels + pixels_per_group - 1) / pixels_per_group;
+        const int64_t block_groups = (pixel_blocks + blocks_per_group - 1) / blocks_per_group;
         ParallelConv conv{kernels_,
                           ConvArgs{packed.data(), packed_image_words, weights->blocked.data(),
                                    config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
-                                   geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, m,
+                                   geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
                                    weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y, out_image_stride, out_channel_stride,
                                    out_pixel_stride},
-                          channel_blocks, pixel_groups, pixels_per_group};
-        ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * pixel_groups * channel_blocks), 0, &conv);
+                          channel_blocks, pixel_blocks, block_groups, blocks_per_group};
+        ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * block_groups * channel_blocks), 0, &conv);
     }
 
 private:

@@ -35,8 +35,12 @@ struct ConvArgs {
     const int64_t* step_offsets;    // [K]: word offset of reduction step k from a pixel's origin
     const int64_t* pixel_offsets;   // [Q]: word offset of output pixel q's receptive-field origin
     const int32_t* pixel_pattern;   // [Q]: padding pattern of output pixel q
-    const int64_t* pattern_base;    // [patterns][M_padded]: D = pattern_base - 2 * popcount total
+    const int32_t* pattern_base;    // [patterns][M_padded]: D = pattern_base - 2 * popcount total
     int64_t output_pixels;          // Q = OH * OW
+    // Pixel blocks: blocks [0, full_blocks) hold P pixels each, the later ones P - 1, so that
+    // Q = full_blocks * P + short_blocks * (P - 1) without idle lanes where Q allows; where it
+    // does not (tiny Q), every block is a P block and the last one is partial.
+    int64_t full_blocks;
     int64_t out_channels;           // M
     int64_t out_channels_padded;    // M rounded up to a multiple of MB
     const float* multiplier;        // [M_padded] (zero beyond M)
@@ -49,11 +53,11 @@ struct IsaKernels {
     const char* name;
     int64_t channels_per_block;  // MB: output channels per register block
     int64_t pixels_per_block;    // P: output pixels per register block
-    // Packs input rows [row_begin, row_end) of one image.
-    void (*pack_rows)(const PackArgs& args, int64_t row_begin, int64_t row_end);
-    // Computes output pixels [pixel_begin, pixel_end) of image `image` for channel block `channel_block`.
-    void (*conv_tile)(const ConvArgs& args, int64_t image, int64_t channel_block, int64_t pixel_begin,
-                      int64_t pixel_end);
+    // Packs input pixels [pixel_begin, pixel_end) of one image (row-major pixel index h * W + w).
+    void (*pack_pixels)(const PackArgs& args, int64_t pixel_begin, int64_t pixel_end);
+    // Computes pixel blocks [block_begin, block_end) of image `image` for channel block `channel_block`.
+    void (*conv_tile)(const ConvArgs& args, int64_t image, int64_t channel_block, int64_t block_begin,
+                      int64_t block_end);
 };
 
 namespace isa_scalar { extern const IsaKernels kernels; }

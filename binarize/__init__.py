@@ -4,6 +4,8 @@
     bnn = binarize.convert(model, method="biper")
     print(binarize.summary(bnn, (1, 3, 224, 224)))
 """
+import os as _os
+
 from . import analysis, quantizers
 from .config import ConvertConfig
 from .convert import binary_layers, convert, extra_losses, set_stage
@@ -14,12 +16,27 @@ from .methods.bireal import BiRealConfig
 from .methods.cbcn import CBCNConfig
 from .methods.rbcn import RBCNConfig
 from .methods.xnor import XnorConfig
+from .finetune import FinetuneConfig, History, finetune
 from .passes import TraceError
 from .summary import Summary, summary
 
 __version__ = "0.1.0"
 
+# converters/ sits at the repository root and installs as binarize.converters (pyproject.toml's
+# package-dir); run from a source checkout, binarize looks for it there.
+if not _os.path.isdir(_os.path.join(__path__[0], "converters")):
+    __path__.append(_os.path.dirname(_os.path.abspath(__path__[0])))
+
+
+def export(model, path, example_input, **options):
+    """Export a binary model to an ONNX file with bit-packed ops: :func:`binarize.converters.export`.
+    Imported on first use, because the exporter loads torch.onnx and onnxscript."""
+    from .converters import export as export_onnx
+
+    return export_onnx(model, path, example_input, **options)
+
+
 __all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary",
            "analysis", "quantizers", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
            "CBCNConfig", "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS",
-           "TraceError"]
+           "TraceError", "export", "finetune", "FinetuneConfig", "History"]

@@ -1,0 +1,170 @@
+"""End to end: torchvision ResNet-18 at 224x224, batch 1, in ONNX Runtime - binarized vs float vs int8.
+
+The binarized model is ``binarize.convert(resnet18, "biper")`` in stage 2 with the defaults
+(first conv, fc and the 1x1 downsample convs in float), exported by ``binarize.export``; the float
+model is the same network exported with the same settings; the int8 model is that float file
+quantized by ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel int8 weights, uint8
+activations, calibrated on a few random images). Weights are random (nothing is downloaded):
+latency and file size do not depend on their values.
+
+Prints one table: file size and median latency per thread count, with the binarized model's
+ratios measured side by side in the same run (the three sessions take turns). Where a target
+(>= 5x faster than float, >= 2x faster than int8, >= 10x smaller than float) is missed, an ONNX
+Runtime profile of the binarized model shows the time per op type. ``--results`` appends the
+table, with the command, to a Markdown file (benchmarks/RESULTS.md).
+
+    PYTHONPATH=. python benchmarks/bench_models.py --results benchmarks/RESULTS.md
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torchvision
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+import binarize
+from binarize.converters import to_onnx
+from binarize.kernels import available_isas
+from binarize.runtime import session
+from bench_kernels import median_us  # benchmarks/ is on sys.path when this script runs
+
+TARGETS = {"speed-up over float": 5.0, "speed-up over int8": 2.0, "size reduction over float": 10.0}
+INPUT_SHAPE = (1, 3, 224, 224)
+
+
+class RandomImages(CalibrationDataReader):
+    def __init__(self, input_name: str, count: int, rng: np.random.Generator):
+        self.batches = iter([{input_name: rng.standard_normal(INPUT_SHAPE).astype(np.float32)} for _ in range(count)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def build_models(workdir: Path, calibration_images: int) -> dict:
+    """Write the three ONNX files; returns {label: path}."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    example = torch.randn(INPUT_SHAPE)
+    paths = {label: workdir / f"resnet18_{label}.onnx" for label in ("binary", "float", "int8")}
+    bnn = binarize.convert(model, "biper")
+    binarize.set_stage(bnn, 2)
+    binarize.export(bnn, paths["binary"], example)
+    float_proto = to_onnx(model, example)  # same exporter settings as the binary model
+    paths["float"].write_bytes(float_proto.SerializeToString())
+    input_name = float_proto.graph.input[0].name
+    quantize_static(str(paths["float"]), str(paths["int8"]),
+                    RandomImages(input_name, calibration_images, np.random.default_rng(0)),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return paths
+
+
+def op_type_profile(path: Path, feed: dict, threads: int, runs: int, workdir: Path) -> list:
+    """[(op type, ms per inference, share)] from ONNX Runtime's profiler, largest first."""
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(workdir / "profile")
+    profiled = session(path, threads=threads, sess_options=options)
+    for _ in range(runs):
+        profiled.run(None, feed)
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    totals = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    whole = sum(totals.values())
+    return [(op, us / runs / 1000, us / whole) for op, us in totals.most_common()]
+
+
+def cpu_name() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                platform.machine())
+
+
+def markdown_report(command: str, sizes: dict, latencies: dict, profile: list, missed: list) -> str:
+    threads = min(latencies)
+    lines = ["", "## End to end, ResNet-18", "",
+             f"Machine: {cpu_name()} ({os.cpu_count()} CPUs visible); onnxruntime {ort.__version__}, "
+             f"torch {torch.__version__}; binary kernel path: {available_isas()[0]}.",
+             "Command, from the repository root:", "", f"    {command}", "", "```", *table(sizes, latencies), "```"]
+    if missed:
+        lines += ["", "Targets missed: " + "; ".join(missed) + ".", "",
+                  f"Binarized model, where the time goes (ORT profile, threads={threads}, per inference):", "",
+                  "| op type | ms | share |", "|---|---|---|"]
+        lines += [f"| {op} | {ms:.3f} | {share:.1%} |" for op, ms, share in profile]
+    return "\n".join(lines) + "\n"
+
+
+def table(sizes: dict, latencies: dict) -> list:
+    threads = sorted(latencies)
+    header = f"{'model':<8}{'file MB':>10}{'size ratio':>12}" + "".join(
+        f"{f'{t} thread ms':>15}{'speed-up':>10}" for t in threads)
+    rows = [header]
+    for label in ("binary", "float", "int8"):
+        row = f"{label:<8}{sizes[label] / 1e6:>10.2f}{sizes[label] / sizes['binary']:>11.1f}x"
+        for t in threads:
+            ms = latencies[t][label]
+            row += f"{ms:>15.2f}{ms / latencies[t]['binary']:>9.1f}x"
+        rows.append(row)
+    rows.append("(ratios: that model's size / time over the binary model's; batch 1, 224x224, median)")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per model and thread count")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--calibration-images", type=int, default=8)
+    parser.add_argument("--profile-runs", type=int, default=20)
+    parser.add_argument("--results", type=Path, help="append the results as Markdown to this file")
+    args = parser.parse_args()
+    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        paths = build_models(workdir, args.calibration_images)
+        sizes = {label: path.stat().st_size for label, path in paths.items()}
+        labels = list(paths)
+        feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
+            INPUT_SHAPE).astype(np.float32)}
+        latencies = {}
+        for threads in args.threads:
+            sessions = [session(paths[label], threads=threads) for label in labels]
+            latencies[threads] = dict(zip(labels, (us / 1000 for us in median_us(sessions, feed, args.runs))))
+        one = latencies[min(args.threads)]
+        measured = {"speed-up over float": one["float"] / one["binary"],
+                    "speed-up over int8": one["int8"] / one["binary"],
+                    "size reduction over float": sizes["float"] / sizes["binary"]}
+        missed = [f"{name} {value:.1f}x < {TARGETS[name]:g}x" for name, value in measured.items()
+                  if value < TARGETS[name]]
+        profile = (op_type_profile(paths["binary"], feed, min(args.threads), args.profile_runs, workdir)
+                   if missed else [])
+
+    print("\n".join(table(sizes, latencies)))
+    for name, value in measured.items():
+        print(f"{name}: {value:.1f}x (target {TARGETS[name]:g}x; speed-ups at threads={min(args.threads)})")
+    if profile:
+        print(f"\nbinarized model, ORT profile per op type (threads={min(args.threads)}, per inference):")
+        for op, ms, share in profile:
+            print(f"  {op:<22}{ms:>8.3f} ms {share:>7.1%}")
+    if args.results:
+        with open(args.results, "a") as results:
+            results.write(markdown_report(command, sizes, latencies, profile, missed))
+        print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""``binarize.export``: a binary model -> an ONNX file with bit-packed BinaryConv2d / BinaryLinear ops.
+
+Three steps:
+
+1. :func:`prepare` - on a copy of the model in eval mode, every binary layer becomes a
+   :class:`~binarize.converters.ops.PackedBinaryConv2d` / ``PackedBinaryLinear`` holding its packed
+   signs, multiplier and bias (packed once, here). A BatchNorm that directly follows a binary conv
+   (the conv's only consumer, running statistics) is folded into the multiplier and bias. CBCN's
+   layers keep it: their conv output is max-reduced over orientations first, and a BatchNorm with a
+   negative scale does not commute with a max.
+2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
+   ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
+   folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
+3. :func:`export` - writes it atomically (a temporary file in the same directory, then a rename).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence, Tuple, Union
+
+import onnx
+import torch
+import torch.fx as fx
+from torch import nn
+
+from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
+
+from .ops import ONNX_TRANSLATIONS, PackedBinaryConv2d, PackedBinaryLinear
+from .schemas import register_schemas
+
+__all__ = ["export", "to_onnx", "prepare", "DEFAULT_OPSET", "MAX_IR_VERSION"]
+
+#: Default ONNX opset of the standard ops (ONNX Runtime >= 1.14 runs it).
+DEFAULT_OPSET = 18
+#: The newest IR version ONNX Runtime 1.31 loads (onnx 1.23 would write 14).
+MAX_IR_VERSION = 13
+
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------------- prepare
+class _BinaryLeafTracer(fx.Tracer):
+    """Traces a model built by hand around binary layers, keeping each binary layer one call."""
+
+    def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
+        return isinstance(module, BinaryLayer) or super().is_leaf_module(module, qualname)
+
+
+def _graph_copy(model: nn.Module) -> fx.GraphModule:
+    """A deep copy of ``model`` as a GraphModule in eval mode, float32, on the CPU."""
+    if isinstance(model, fx.GraphModule):
+        gm = copy.deepcopy(model)
+    else:
+        root = copy.deepcopy(model)
+        try:
+            graph = _BinaryLeafTracer().trace(root)
+        except Exception as err:
+            raise TypeError(f"export: torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: "
+                            f"{err}); export a model returned by binarize.convert") from err
+        gm = fx.GraphModule(root, graph, type(model).__name__)
+    return gm.to(device="cpu", dtype=torch.float32).eval()
+
+
+def _conv_pads(layer: BinaryConv2d) -> Tuple[int, int, int, int]:
+    """[top, left, bottom, right]; PyTorch's padding="same" puts the odd pixel at the bottom/right."""
+    if layer.padding == "valid":
+        return (0, 0, 0, 0)
+    if layer.padding == "same":
+        totals = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size)]
+        return (totals[0] // 2, totals[1] // 2, totals[0] - totals[0] // 2, totals[1] - totals[1] // 2)
+    top, left = layer.padding
+    return (top, left, top, left)
+
+
+def _foldable_batchnorm(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
+    """The BatchNorm2d node that is the only consumer of ``node`` and normalizes with running statistics."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].op != "call_module":
+        return None
+    bn = gm.get_submodule(users[0].target)
+    uses_running_stats = bn.running_mean is not None and bn.running_var is not None
+    return users[0] if isinstance(bn, nn.BatchNorm2d) and uses_running_stats else None
+
+
+def _export_weight(name: str, layer: BinaryLayer) -> Tuple[torch.Tensor, torch.Tensor]:
+    try:
+        signs, multiplier = layer.export_weight()
+    except Exception as err:
+        raise ValueError(f"export: binary layer '{name}' ({type(layer).__name__}) cannot be exported: {err}") from err
+    return signs.detach().cpu(), multiplier.detach().cpu().double()
+
+
+def _bias(layer: BinaryLayer, channels: int) -> torch.Tensor:
+    """The layer's bias in float64, zeros when it has none."""
+    if layer.bias is None:
+        return torch.zeros(channels, dtype=torch.float64)
+    return layer.bias.detach().cpu().double()
+
+
+def _packed_conv(name: str, layer: BinaryConv2d, bn: Optional[nn.BatchNorm2d]) -> PackedBinaryConv2d:
+    """The inference module of ``layer``, with ``bn`` (if given) folded into multiplier and bias.
+    Folding runs in float64 so that the float32 result is the correctly rounded one."""
+    if layer.groups != 1:
+        raise ValueError(f"export: binary conv '{name}' has groups={layer.groups}; BinaryConv2d v1 supports groups=1")
+    if layer.padding_mode != "zeros":
+        raise ValueError(f"export: binary conv '{name}' has padding_mode={layer.padding_mode!r}; "
+                         f"BinaryConv2d zero-pads its binarized input")
+    signs, multiplier = _export_weight(name, layer)
+    bias = _bias(layer, layer.out_channels)
+    geometry = dict(stride=tuple(layer.stride), pads=_conv_pads(layer), dilation=tuple(layer.dilation))
+    if layer.orientations > 1:  # the max over orientations comes before the bias (and any BatchNorm)
+        zeros = torch.zeros(signs.shape[0], dtype=torch.float64)
+        return PackedBinaryConv2d(name, signs, multiplier, zeros, orientations=layer.orientations,
+                                  post_bias=bias if layer.bias is not None else None, **geometry)
+    if bn is not None:
+        inv_std = (bn.running_var.detach().cpu().double() + bn.eps).rsqrt()
+        scale = inv_std * bn.weight.detach().cpu().double() if bn.affine else inv_std
+        shift = bn.bias.detach().cpu().double() if bn.affine else 0.0
+        multiplier = multiplier * scale
+        bias = (bias - bn.running_mean.detach().cpu().double()) * scale + shift
+    return PackedBinaryConv2d(name, signs, multiplier, bias, **geometry)
+
+
+def _packed_linear(name: str, layer: BinaryLinear) -> PackedBinaryLinear:
+    signs, multiplier = _export_weight(name, layer)
+    return PackedBinaryLinear(name, signs, multiplier, _bias(layer, layer.out_features))
+
+
+def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, child, module)
+
+
+def prepare(model: nn.Module) -> fx.GraphModule:
+    """The inference form of ``model`` that :func:`to_onnx` exports, runnable in PyTorch: a copy in
+    eval mode whose binary layers are packed modules, with the foldable BatchNorms folded in.
+    ``model`` itself is not modified."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export expects an nn.Module, got {type(model).__name__}")
+    gm = _graph_copy(model)
+    calls = Counter(node.target for node in gm.graph.nodes if node.op == "call_module")
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), BinaryLayer):
+            continue
+        name, layer = node.target, gm.get_submodule(node.target)
+        if isinstance(layer, BinaryLinear):
+            _replace_module(gm, name, _packed_linear(name, layer))
+            continue
+        # A layer called more than once could be followed by different BatchNorms: fold none then.
+        bn_node = _foldable_batchnorm(gm, node) if calls[name] == 1 and layer.orientations == 1 else None
+        bn = gm.get_submodule(bn_node.target) if bn_node is not None else None
+        _replace_module(gm, name, _packed_conv(name, layer, bn))
+        if bn_node is not None:
+            bn_node.replace_all_uses_with(node)
+            gm.graph.erase_node(bn_node)
+    # Binary layers inside modules torch.fx did not trace into (leaf_modules) are swapped unfolded.
+    for name, layer in list(gm.named_modules()):
+        if isinstance(layer, BinaryConv2d):
+            _replace_module(gm, name, _packed_conv(name, layer, None))
+        elif isinstance(layer, BinaryLinear):
+            _replace_module(gm, name, _packed_linear(name, layer))
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    return gm
+
+
+# ----------------------------------------------------------------------------------- to_onnx
+def _example_args(example_input: Inputs) -> Tuple[torch.Tensor, ...]:
+    args = (example_input,) if isinstance(example_input, torch.Tensor) else tuple(example_input)
+    if not args or not all(isinstance(a, torch.Tensor) for a in args):
+        raise TypeError("export: example_input must be a tensor or a sequence of tensors, got "
+                        f"{type(example_input).__name__}")
+    return tuple(a.detach().cpu().float() if a.is_floating_point() else a.detach().cpu() for a in args)
+
+
+def _limit_ir_version(proto: onnx.ModelProto) -> None:
+    if proto.ir_version > MAX_IR_VERSION:
+        proto.ir_version = MAX_IR_VERSION
+
+
+def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+            input_names: Optional[Sequence[str]] = None,
+            output_names: Optional[Sequence[str]] = None) -> onnx.ModelProto:
+    """The ONNX model of ``model`` (see :func:`export`), checked, without writing a file."""
+    args = _example_args(example_input)
+    prepared = prepare(model)
+    register_schemas()  # the exporter builds the custom nodes from the registered schemas
+    dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} for _ in args) if dynamic_batch else None
+    with warnings.catch_warnings():
+        # torch.export's own pytree code trips this deprecation on every export; nothing to act on.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        program = torch.onnx.export(prepared, args, dynamo=True, opset_version=opset,
+                                    dynamic_shapes=dynamic_shapes, custom_translation_table=ONNX_TRANSLATIONS,
+                                    input_names=input_names, output_names=output_names, external_data=False,
+                                    verbose=False)
+    proto = program.model_proto
+    _limit_ir_version(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _write_atomically(proto: onnx.ModelProto, path: Path) -> None:
+    """Write to a temporary file beside ``path`` and rename it: ``path`` is either the complete
+    model or untouched, never half-written. (Opened with "xb", not mkstemp, so the file gets
+    the usual umask permissions.)"""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(temporary, "xb") as handle:
+            handle.write(proto.SerializeToString())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Inputs, *,
+           opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, input_names: Optional[Sequence[str]] = None,
+           output_names: Optional[Sequence[str]] = None) -> Path:
+    """Export the binary ``model`` to the ONNX file ``path``; returns its path.
+
+    Binary layers become ``binarize``-domain BinaryConv2d / BinaryLinear nodes with bit-packed
+    weights (run them with :func:`binarize.runtime.session`); everything else is standard ONNX
+    (``opset``). ``example_input`` is a tensor (or a sequence of tensors, one per forward argument)
+    of the shape the model will see; with ``dynamic_batch`` its first axis is left free.
+    The model is not modified; the file is written atomically.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"export: directory {path.parent} does not exist (path={str(path)!r})")
+    proto = to_onnx(model, example_input, opset=opset, dynamic_batch=dynamic_batch, input_names=input_names,
+                    output_names=output_names)
+    _write_atomically(proto, path)
+    return path

@@ -16,7 +16,6 @@ from .methods.bireal import BiRealConfig
 from .methods.cbcn import CBCNConfig
 from .methods.rbcn import RBCNConfig
 from .methods.xnor import XnorConfig
-from .finetune import FinetuneConfig, History, finetune
 from .passes import TraceError
 from .summary import Summary, summary
 
@@ -39,4 +38,4 @@ def export(model, path, example_input, **options):
 __all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary",
            "analysis", "quantizers", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
            "CBCNConfig", "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS",
-           "TraceError", "export", "finetune", "FinetuneConfig", "History"]
+           "TraceError", "export"]

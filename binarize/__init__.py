@@ -16,6 +16,7 @@ from .methods.bireal import BiRealConfig
 from .methods.cbcn import CBCNConfig
 from .methods.rbcn import RBCNConfig
 from .methods.xnor import XnorConfig
+from .finetune import FinetuneConfig, History, finetune
 from .passes import TraceError
 from .summary import Summary, summary
 
@@ -38,4 +39,4 @@ def export(model, path, example_input, **options):
 __all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary",
            "analysis", "quantizers", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
            "CBCNConfig", "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS",
-           "TraceError", "export"]
+           "TraceError", "export", "finetune", "FinetuneConfig", "History"]

@@ -7,7 +7,8 @@ Three steps:
    signs, multiplier and bias (packed once, here). A BatchNorm that directly follows a binary conv
    (the conv's only consumer, running statistics) is folded into the multiplier and bias. CBCN's
    layers keep it: their conv output is max-reduced over orientations first, and a BatchNorm with a
-   negative scale does not commute with a max.
+   negative scale does not commute with a max. A Hardtanh that only feeds binary layers is dropped
+   (they read only its sign, which it preserves).
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
@@ -136,6 +137,20 @@ def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, child, module)
 
 
+def _drop_sign_preserving_clips(gm: fx.GraphModule) -> None:
+    """Remove a Hardtanh whose every consumer is a packed binary layer: the layer only reads the
+    sign of its input, and Hardtanh(-a, b) with a, b > 0 keeps every sign (sign(0) = +1), so the
+    Clip would be computed for nothing at run time."""
+    packed = (PackedBinaryConv2d, PackedBinaryLinear)
+    for node in list(gm.graph.nodes):
+        module = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if (isinstance(module, nn.Hardtanh) and module.min_val < 0 < module.max_val and node.users
+                and all(u.op == "call_module" and isinstance(gm.get_submodule(u.target), packed)
+                        for u in node.users)):
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
 def prepare(model: nn.Module) -> fx.GraphModule:
     """The inference form of ``model`` that :func:`to_onnx` exports, runnable in PyTorch: a copy in
     eval mode whose binary layers are packed modules, with the foldable BatchNorms folded in.
@@ -164,6 +179,7 @@ def prepare(model: nn.Module) -> fx.GraphModule:
             _replace_module(gm, name, _packed_conv(name, layer, None))
         elif isinstance(layer, BinaryLinear):
             _replace_module(gm, name, _packed_linear(name, layer))
+    _drop_sign_preserving_clips(gm)
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm

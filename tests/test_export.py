@@ -160,6 +160,9 @@ def test_exported_model_matches_pytorch(case, method, tmp_path):
     assert dims[0].dim_param and dims[1].dim_value == 10  # free batch axis, 10 classes
     layers = list(binarize.binary_layers(bnn))
     assert sum(node.domain == "binarize" for node in model.graph.node) == len(layers)
+    binary_inputs = {node.input[0] for node in model.graph.node if node.domain == "binarize"}
+    clips_feeding_binary = [n.name for n in model.graph.node if n.op_type == "Clip" and n.output[0] in binary_inputs]
+    assert not clips_feeding_binary, "a Clip computed only for its sign should have been dropped"
 
     with_inputs = binary_inputs_as_outputs(model)
     actual, *runtime_inputs = session(with_inputs, threads=1).run(None, {model.graph.input[0].name: x.numpy()})

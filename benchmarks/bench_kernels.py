@@ -46,7 +46,7 @@ def binary_model(c, size, rng) -> bytes:
     signs = np.where(rng.random((c, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
     node = helper.make_node("BinaryConv2d", ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize",
                             kernel_shape=[3, 3], in_channels=c, pads=[1, 1, 1, 1])
-    inits = [numpy_helper.from_array(packing.pack_conv_weight(signs), "W"),
+    inits = [numpy_helper.from_array(packing.pack_weight(signs), "W"),
              numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "multiplier"),
              numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias")]
     return finish(helper.make_graph([node], "binary", *io(c, size), initializer=inits)).SerializeToString()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_bits", "unpack_bits", "pack_conv_weight", "pack_linear_weight",
-           "unpack_conv_weight", "unpack_linear_weight", "packed_words"]
+__all__ = ["pack_bits", "unpack_bits", "pack_weight", "unpack_weight", "packed_words"]
 
 _BIT_VALUES = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
 
@@ -56,27 +55,15 @@ def unpack_bits(packed, length: int, axis: int = -1) -> np.ndarray:
     return np.moveaxis(signs, -1, axis)
 
 
-def pack_conv_weight(signs) -> np.ndarray:
-    """[M, C, KH, KW] ±1 -> int64 [M, KH, KW, ceil(C/64)] (BinaryConv2d's W)."""
+def pack_weight(signs) -> np.ndarray:
+    """±1 weights -> the packed ``W`` input of the ops: conv [M, C, KH, KW] -> int64
+    [M, KH, KW, ceil(C/64)] (BinaryConv2d); linear [M, K] -> int64 [M, ceil(K/64)] (BinaryLinear)."""
     array = _as_numpy(signs)
-    if array.ndim != 4:
-        raise ValueError(f"conv weight must be [M, C, KH, KW], got shape {array.shape}")
+    if array.ndim not in (2, 4):
+        raise ValueError(f"weight must be [M, C, KH, KW] (conv) or [M, K] (linear), got shape {array.shape}")
     return pack_bits(array, axis=1)
 
 
-def unpack_conv_weight(packed, in_channels: int) -> np.ndarray:
-    """int64 [M, KH, KW, ceil(C/64)] -> ±1 float32 [M, C, KH, KW]."""
+def unpack_weight(packed, in_channels: int) -> np.ndarray:
+    """Inverse of :func:`pack_weight`: ±1 float32 [M, C, KH, KW] or [M, K]."""
     return unpack_bits(packed, in_channels, axis=1)
-
-
-def pack_linear_weight(signs) -> np.ndarray:
-    """[M, K] ±1 -> int64 [M, ceil(K/64)] (BinaryLinear's W)."""
-    array = _as_numpy(signs)
-    if array.ndim != 2:
-        raise ValueError(f"linear weight must be [M, K], got shape {array.shape}")
-    return pack_bits(array, axis=1)
-
-
-def unpack_linear_weight(packed, in_features: int) -> np.ndarray:
-    """int64 [M, ceil(K/64)] -> ±1 float32 [M, K]."""
-    return unpack_bits(packed, in_features, axis=1)

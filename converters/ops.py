@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.packing import pack_conv_weight, pack_linear_weight, packed_words, unpack_bits
+from binarize.packing import pack_weight, packed_words, unpack_bits
 from binarize.quantizers import binary_sign
 
 from .schemas import DOMAIN, VERSION, conv_output_size
@@ -123,7 +123,7 @@ class PackedBinaryConv2d(nn.Module):
         self.kernel_shape = [kernel_h, kernel_w]
         self.strides, self.pads, self.dilations = list(stride), list(pads), list(dilation)
         self.orientations = orientations
-        self.register_buffer("weight", torch.from_numpy(pack_conv_weight(signs)))
+        self.register_buffer("weight", torch.from_numpy(pack_weight(signs)))
         self.register_buffer("multiplier", _as_float32(multiplier))
         self.register_buffer("bias", _as_float32(bias))
         if post_bias is not None:
@@ -155,7 +155,7 @@ class PackedBinaryLinear(nn.Module):
         _check_per_channel(name, "multiplier", multiplier, out_features)
         _check_per_channel(name, "bias", bias, out_features)
         self.out_features = out_features
-        self.register_buffer("weight", torch.from_numpy(pack_linear_weight(signs)))
+        self.register_buffer("weight", torch.from_numpy(pack_weight(signs)))
         self.register_buffer("multiplier", _as_float32(multiplier))
         self.register_buffer("bias", _as_float32(bias))
 

@@ -59,7 +59,7 @@ def make_model(op: str, x_shape, initializers: dict, **attributes) -> bytes:
 def conv_model(x_shape, w_signs, multiplier, bias, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1)) -> bytes:
     m, c, kh, kw = w_signs.shape
     return make_model("BinaryConv2d", x_shape,
-                      {"W": packing.pack_conv_weight(w_signs), "multiplier": multiplier, "bias": bias},
+                      {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias},
                       kernel_shape=[kh, kw], in_channels=c, strides=list(stride), pads=list(pads),
                       dilations=list(dilation))
 
@@ -116,7 +116,7 @@ def test_linear_matches_pytorch_on_every_isa(features, rows_shape):
     multiplier = rng.uniform(0.01, 2.0, out_features).astype(np.float32)
     bias = rng.standard_normal(out_features).astype(np.float32)
     expected = (sign(torch.from_numpy(x)).double() @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
-    model = make_model("BinaryLinear", x.shape, {"W": packing.pack_linear_weight(w_signs), "multiplier": multiplier,
+    model = make_model("BinaryLinear", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
                                                  "bias": bias}, in_features=features)
     for isa in ISAS:
         y = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
@@ -141,7 +141,7 @@ def test_weights_as_graph_input_are_packed_per_call():
     model.ir_version = 10
     expected = torch_conv(x, w_signs, ones, zeros, (1, 1), (1, 1, 1, 1), (1, 1))
     for isa in ISAS:
-        y = runtime.session(model.SerializeToString(), isa=isa).run(None, {"X": x, "W": packing.pack_conv_weight(w_signs)})[0]
+        y = runtime.session(model.SerializeToString(), isa=isa).run(None, {"X": x, "W": packing.pack_weight(w_signs)})[0]
         np.testing.assert_array_equal(y, expected, err_msg=isa)
 
 
@@ -150,17 +150,17 @@ def test_pack_bits_layout_and_roundtrip():
     signs[0, 0, 0, 0] = -1     # bit 0 of word 0
     signs[0, 65, 1, 0] = -1    # bit 1 of word 1
     signs[1, 129, 2, 0] = -1   # bit 1 of word 2 (the last, partial word)
-    packed = packing.pack_conv_weight(signs)
+    packed = packing.pack_weight(signs)
     assert packed.shape == (2, 3, 1, 3) and packed.dtype == np.int64
     assert packed[0, 0, 0].tolist() == [1, 0, 0]
     assert packed[0, 1, 0].tolist() == [0, 2, 0]
     assert packed[1, 2, 0].tolist() == [0, 0, 2]
     assert np.count_nonzero(packed) == 3
     full = -np.ones((1, 64), np.float32)
-    assert packing.pack_linear_weight(full).tolist() == [[-1]]  # all 64 bits set = int64 -1
+    assert packing.pack_weight(full).tolist() == [[-1]]  # all 64 bits set = int64 -1
     rng = np.random.default_rng(0)
     random = random_signs(rng, (5, 200, 3, 2))
-    np.testing.assert_array_equal(packing.unpack_conv_weight(packing.pack_conv_weight(random), 200), random)
+    np.testing.assert_array_equal(packing.unpack_weight(packing.pack_weight(random), 200), random)
     with pytest.raises(ValueError):
         packing.pack_bits(np.zeros((2, 3)))
 

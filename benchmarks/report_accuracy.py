@@ -1,0 +1,332 @@
+"""Section 1 of the evidence report: accuracy of every method and one-factor ablations.
+
+Every run is a plain use of the public API: a float teacher trained with ``binarize.finetune``
+(no teacher), converted with ``binarize.convert`` and fine-tuned with ``binarize.finetune`` against
+that teacher. Each run's result is one JSON file in the cache folder (written atomically), so an
+interrupted report resumes where it stopped; the teachers are cached as state_dict files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+import binarize
+from binarize import checkpoint as ckpt
+from binarize.datasets import make_loaders
+from binarize.finetune import FinetuneConfig, finetune
+from binarize.models import resnet_small
+
+DATASETS = ("mnist5k", "mnist5k-rot")
+BATCH_SIZE = 128
+TEST_BATCH_SIZE = 500
+
+
+def lenet(num_classes: int = 10, widths: Sequence[int] = (10, 20, 40, 80)) -> nn.Module:
+    """CBCN's MNIST LeNet (section 4.1: four 3x3 conv layers, max-pooling and ReLU after each, dropout
+    before the classifier) at its 10-20-40-80 kernel stage, with a BatchNorm after each conv (the
+    binary layers need it), for 32x32 inputs."""
+    layers: List[nn.Module] = []
+    channels = 1
+    for width in widths:
+        layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                   nn.MaxPool2d(2)]
+        channels = width
+    spatial = 32 // 2 ** len(widths)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(channels * spatial * spatial, num_classes))
+
+
+def resnet(num_classes: int = 10) -> nn.Module:
+    """binarize.models.resnet_small with one basic block per stage (16-32-64): ResNet-8."""
+    return resnet_small(num_classes=num_classes, in_channels=1, blocks=(1, 1, 1))
+
+
+#: name -> (constructor, input side). LeNet takes CBCN's 32x32 frame, the ResNet MNIST's own 28x28.
+NETS = {"lenet": (lenet, 32), "resnet8": (resnet, 28)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the tables: a method with its conversion options and fine-tuning overrides."""
+
+    label: str
+    method: str  # "float" for the teacher itself
+    convert: Dict[str, object] = field(default_factory=dict)
+    finetune: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return "".join(c if c.isalnum() else "-" for c in self.label).strip("-")
+
+
+FLOAT = Variant("float", "float")
+#: The method list, each with its defaults (double skips on for all but xnor, KD + discriminators on).
+METHODS = (
+    Variant("xnor", "xnor"),
+    Variant("bireal", "bireal"),
+    Variant("biper w0=20", "biper", {"omega": 20.0}),
+    Variant("biper auto", "biper", {"omega": "auto"}),
+    Variant("cbcn K=1", "cbcn", {"orientations": 1}),
+    Variant("cbcn K=2", "cbcn", {"orientations": 2}),
+    Variant("cbcn K=4", "cbcn", {"orientations": 4}),
+    Variant("rbcn", "rbcn"),
+)
+#: One factor changed from a method's default recipe; (variant, the METHODS label it is compared to).
+ABLATIONS = (
+    (Variant("xnor +double skip", "xnor", {"double_skip": True}), "xnor"),
+    (Variant("bireal -double skip", "bireal", {"double_skip": False}), "bireal"),
+    (Variant("cbcn K=4 -double skip", "cbcn", {"orientations": 4, "double_skip": False}), "cbcn K=4"),
+    (Variant("bireal -KD", "bireal", {}, {"kd_weight": 0.0}), "bireal"),
+    (Variant("cbcn K=4 -KD", "cbcn", {"orientations": 4}, {"kd_weight": 0.0}), "cbcn K=4"),
+    (Variant("rbcn -KD", "rbcn", {}, {"kd_weight": 0.0}), "rbcn"),
+    (Variant("bireal -GAN", "bireal", {}, {"gan_weight": 0.0}), "bireal"),
+    (Variant("cbcn K=4 -GAN", "cbcn", {"orientations": 4}, {"gan_weight": 0.0}), "cbcn K=4"),
+    (Variant("rbcn -GAN", "rbcn", {}, {"gan_weight": 0.0}), "rbcn"),
+    (Variant("rbcn -kernel loss", "rbcn", {"kernel_loss_weight": 0.0}), "rbcn"),
+    (Variant("rbcn -BN refresh", "rbcn", {}, {"bn_refresh": False}), "rbcn"),
+    (Variant("cbcn K=4 -center loss", "cbcn", {"orientations": 4}, {"center_loss_weight": 0.0}), "cbcn K=4"),
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training lengths. The full report's are chosen so that the whole grid fits in about half an
+    hour on two shared cores while every binary net clearly learns (see REPORT.md for the numbers)."""
+
+    teacher_epochs: int = 4
+    student_epochs: int = 2  # total: BiPer splits them into 1 stage-1 + the rest stage-2 epochs
+    steps_per_epoch: Optional[int] = None
+    teacher_lr: float = 3e-3  # Adam
+    student_lr: float = 0.05  # SGD, momentum 0.9, cosine; BiPer's stage 1 too
+
+    def tag(self) -> str:
+        """Names the cache folder, so that runs of different recipes never mix."""
+        steps = f"-steps{self.steps_per_epoch}" if self.steps_per_epoch else ""
+        return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_"
+                f"student{self.student_epochs}ep-lr{self.student_lr:g}{steps}")
+
+
+@dataclass(frozen=True)
+class Grid:
+    nets: Tuple[str, ...]
+    datasets: Tuple[str, ...]
+    seeds: Tuple[int, ...]
+    methods: Tuple[Variant, ...]
+    ablations: Tuple[Tuple[Variant, str], ...]
+    ablation_net: str
+    ablation_data: str
+    recipe: Recipe
+
+    def jobs(self) -> List[Tuple[str, str, Variant, int]]:
+        """(net, data, variant, seed) of every student run."""
+        main = [(n, d, v, s) for n in self.nets for d in self.datasets for v in self.methods for s in self.seeds]
+        extra = [(self.ablation_net, self.ablation_data, v, s) for v, _ in self.ablations for s in self.seeds]
+        return main + extra
+
+
+FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2), methods=METHODS, ablations=ABLATIONS,
+                 ablation_net="lenet", ablation_data="mnist5k-rot", recipe=Recipe())
+SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
+                  ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
+                  recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
+
+
+def _loaders(net: str, data: str, seed: int):
+    return make_loaders(data, batch_size=BATCH_SIZE, test_batch_size=TEST_BATCH_SIZE, seed=seed,
+                        image_size=NETS[net][1])
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(json.dumps(data, indent=1), path)
+
+
+def teacher_path(cache: Path, net: str, data: str, seed: int) -> Path:
+    return cache / "teachers" / f"{net}-{data}-s{seed}.pt"
+
+
+def run_path(cache: Path, net: str, data: str, variant: Variant, seed: int) -> Path:
+    return cache / "runs" / f"{net}-{data}-{variant.slug}-s{seed}.json"
+
+
+def load_teacher(cache: Path, net: str, data: str, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = NETS[net][0]()
+    ckpt.load_float_weights(model, teacher_path(cache, net, data, seed))
+    return model.eval()
+
+
+def train_teacher(cache: Path, net: str, data: str, seed: int, recipe: Recipe) -> dict:
+    """The float model every student of this (net, data, seed) starts from; its test accuracy is the
+    "float" row. Cached: the weights file and the run's JSON."""
+    result_file = run_path(cache, net, data, FLOAT, seed)
+    if result_file.is_file():
+        return dict(json.loads(result_file.read_text()), cached=True)
+    torch.set_num_threads(1)  # the report runs one process per core
+    train_loader, test_loader, _ = _loaders(net, data, seed)
+    torch.manual_seed(seed)
+    model = NETS[net][0]()
+    start = time.time()
+    model, history = finetune(model, None, train_loader, test_loader, FinetuneConfig(
+        optimizer="adam", lr=recipe.teacher_lr, epochs=recipe.teacher_epochs, warmup_epochs=0.3,
+        steps_per_epoch=recipe.steps_per_epoch, seed=seed, progress=False, evaluate_initial=False))
+    ckpt.atomic_save(model.state_dict(), teacher_path(cache, net, data, seed))
+    result = {"net": net, "data": data, "label": FLOAT.label, "method": "float", "seed": seed,
+              "acc": history.epochs[-1]["val_acc"], "initial_acc": None, "train_s": time.time() - start,
+              "images_per_s": statistics.mean(row["images_per_s"] for row in history.epochs)}
+    _write_json(result, result_file)
+    return dict(result, cached=False)
+
+
+def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int, recipe: Recipe) -> dict:
+    result_file = run_path(cache, net, data, variant, seed)
+    if result_file.is_file():
+        return dict(json.loads(result_file.read_text()), cached=True)
+    torch.set_num_threads(1)
+    train_loader, test_loader, _ = _loaders(net, data, seed)
+    teacher = load_teacher(cache, net, data, seed)
+    torch.manual_seed(seed)
+    student = binarize.convert(teacher, variant.method, **variant.convert)
+    schedule = dict(optimizer="sgd", lr=recipe.student_lr, epochs=recipe.student_epochs, warmup_epochs=0.2)
+    if variant.method == "biper":  # same total epochs: one in stage 1 (real-valued sin weights)
+        schedule.update(stage1_epochs=1, stage1_lr=recipe.student_lr, epochs=max(1, recipe.student_epochs - 1))
+    config = FinetuneConfig(**schedule, **variant.finetune, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
+                            progress=False)
+    start = time.time()
+    student, history = finetune(student, teacher, train_loader, test_loader, config)
+    final = history.epochs[-1]
+    result = {"net": net, "data": data, "label": variant.label, "method": variant.method, "seed": seed,
+              "acc": final["val_acc"], "initial_acc": history.initial.get("student_val_acc"),
+              "train_acc": final["train_acc"], "train_s": time.time() - start,
+              "images_per_s": statistics.mean(row["images_per_s"] for row in history.epochs)}
+    _write_json(result, result_file)
+    return dict(result, cached=False)
+
+
+def recipe_cache(cache: Path, grid: Grid) -> Path:
+    return cache / grid.recipe.tag()
+
+
+def run_grid(grid: Grid, cache: Path, workers: int, log=print) -> List[dict]:
+    """Teachers first (students need them), then every student; ``workers`` processes of one thread.
+    ``cache`` is the folder of this recipe's runs (:func:`recipe_cache`)."""
+    teachers = sorted({(n, d, s) for n, d, _, s in grid.jobs()} |
+                      {(n, d, s) for n in grid.nets for d in grid.datasets for s in grid.seeds})
+    jobs = grid.jobs()
+    # spawn: a forked child would inherit the parent's OpenMP state, which can deadlock torch.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        results = _collect(pool, [(train_teacher, (cache, n, d, s, grid.recipe)) for n, d, s in teachers], log)
+        results += _collect(pool, [(train_student, (cache, n, d, v, s, grid.recipe)) for n, d, v, s in jobs], log)
+    return results
+
+
+def _collect(pool, calls, log) -> List[dict]:
+    futures = [pool.submit(function, *args) for function, args in calls]
+    results = []
+    for index, future in enumerate(futures, 1):
+        result = future.result()
+        results.append(result)
+        log(f"  [{index}/{len(futures)}] {result['net']} {result['data']} {result['label']} seed {result['seed']}: "
+            f"{result['acc']:.2%} ({result['train_s']:.0f} s)")
+    return results
+
+
+# ------------------------------------------------------------------------------ aggregation
+
+@dataclass
+class Cell:
+    """Test accuracy of one (net, data, label) over seeds."""
+
+    accs: List[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.accs)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.accs) if len(self.accs) > 1 else 0.0
+
+    @property
+    def sem(self) -> float:
+        return self.std / math.sqrt(len(self.accs))
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+
+def aggregate(results: Sequence[dict]) -> Dict[Tuple[str, str, str], Cell]:
+    cells: Dict[Tuple[str, str, str], Cell] = {}
+    for r in results:
+        cells.setdefault((r["net"], r["data"], r["label"]), Cell([])).accs.append(r["acc"])
+    return cells
+
+
+@dataclass
+class Claim:
+    claim: str
+    source: str
+    setting: str
+    better: str  # the variant the paper says is more accurate
+    worse: str
+    verdict: str
+    gap_pp: Optional[float]  # accuracy(better) - accuracy(worse), percentage points
+    noise_pp: Optional[float]  # standard error of that difference
+
+
+def compare(cells, claim: str, source: str, net: str, data: str, better: str, worse: str,
+            at_least_as_good: bool = False) -> Claim:
+    """Verdict on "``better`` is more accurate than ``worse``" (or "at least as accurate").
+
+    holds: the mean gap points the paper's way by more than one standard error of the difference;
+    within noise: the gap is smaller than that (either sign); does not hold: the gap points the
+    other way by more than one standard error."""
+    setting = f"{net}, {data}"
+    a, b = cells.get((net, data, better)), cells.get((net, data, worse))
+    if a is None or b is None:
+        return Claim(claim, source, setting, better, worse, "not measured", None, None)
+    gap = a.mean - b.mean
+    noise = math.sqrt(a.sem ** 2 + b.sem ** 2)
+    if gap > noise or (at_least_as_good and gap >= 0):
+        verdict = "holds"
+    elif gap >= -noise:
+        verdict = "holds within noise" if at_least_as_good else "within noise"
+    else:
+        verdict = "does not hold"
+    return Claim(claim, source, setting, better, worse, verdict, 100 * gap, 100 * noise)
+
+
+def claims(cells, grid: Grid) -> List[Claim]:
+    rows = []
+    for net in NETS:
+        rows.append(compare(cells, "CBCN error below XNOR on MNIST-rot", "CBCN table 2", net, "mnist5k-rot",
+                            "cbcn K=4", "xnor"))
+    ablation = dict(net=grid.ablation_net, data=grid.ablation_data)
+    for with_skips, without in (("xnor +double skip", "xnor"), ("bireal", "bireal -double skip"),
+                                ("cbcn K=4", "cbcn K=4 -double skip")):
+        rows.append(compare(cells, "double skips raise binary accuracy", "CBCN table 3", better=with_skips,
+                            worse=without, **ablation))
+    rows.append(compare(cells, "center loss helps CBCN", "CBCN table 3", better="cbcn K=4",
+                        worse="cbcn K=4 -center loss", **ablation))
+    rows.append(compare(cells, "kernel loss helps RBCN", "RBCN table 2", better="rbcn", worse="rbcn -kernel loss",
+                        **ablation))
+    for method in ("rbcn", "bireal", "cbcn K=4"):
+        rows.append(compare(cells, "GAN (discriminators) helps", "RBCN table 2", better=method,
+                            worse=f"{method} -GAN", **ablation))
+    rows.append(compare(cells, "BN refresh helps RBCN", "RBCN table 2", better="rbcn", worse="rbcn -BN refresh",
+                        **ablation))
+    for net in NETS:
+        for data in DATASETS:
+            for biper in ("biper w0=20", "biper auto"):
+                rows.append(compare(cells, "BiPer at least as good as Bi-Real", "BiPer tables", net, data,
+                                    biper, "bireal", at_least_as_good=True))
+    return rows

@@ -22,7 +22,7 @@ __all__ = ["binary_sign", "ESTIMATORS", "register_estimator", "get_estimator",
 
 def binary_sign(x: torch.Tensor) -> torch.Tensor:
     """+1 where ``x >= 0`` and -1 elsewhere, in ``x``'s dtype (no gradient)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)  # scalar branches: no ones_like temporaries
 
 
 class _SignWithSurrogate(torch.autograd.Function):
@@ -72,12 +72,8 @@ def ste(x: torch.Tensor) -> torch.Tensor:
 def approx_sign(x: torch.Tensor) -> torch.Tensor:
     """Bi-Real ApproxSign, also RBCN eq. 8 (an approximation of 2 x Dirac delta):
     d/dx = 2 + 2x on [-1, 0), 2 - 2x on [0, 1), 0 elsewhere."""
-
-    def derivative(v):
-        inside = (v >= -1) & (v < 1)
-        return torch.where(inside, 2 - 2 * v.abs(), torch.zeros_like(v))
-
-    return _SignWithSurrogate.apply(x, derivative)
+    # 2 - 2|x| is exactly the two pieces inside [-1, 1] and <= 0 outside: clamping gives the zeros.
+    return _SignWithSurrogate.apply(x, lambda v: (2 - 2 * v.abs()).clamp_(min=0))
 
 
 @register_estimator("gaussian")

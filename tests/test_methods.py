@@ -150,12 +150,12 @@ class TestRBCN:
         _, layer = make_layer("rbcn")
         assert torch.allclose(layer.C, layer.weight.detach().abs().mean(dim=(0, 1)))
 
-    def test_training_uses_c_eval_uses_its_mean(self):
+    def test_forward_uses_the_mean_of_c_in_training_and_eval(self):
         _, layer = make_layer("rbcn")
         sign_w = binary_sign(layer.weight.detach())
-        assert torch.allclose(layer.binarized_weight(), layer.C.detach() * sign_w)
-        layer.eval()
-        assert torch.allclose(layer.binarized_weight(), layer.C.detach().mean() * sign_w)
+        for mode in (True, False):
+            layer.train(mode)
+            assert torch.allclose(layer.binarized_weight(), layer.C.detach().mean() * sign_w)
         signs, mult = layer.export_weight()
         assert torch.equal(signs, sign_w) and torch.allclose(mult, layer.C.detach().mean().expand(5))
 

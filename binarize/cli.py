@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import runpy
 import statistics
 import sys
 import time
@@ -234,6 +235,19 @@ def cmd_bench(args) -> None:
         print(f"{path:<{width}}  {r['size_kib']:>9.1f}  {r['median_ms']:>9.3f}  {r['p90_ms']:>8.3f}")
 
 
+def run_evidence_report(report_args: List[str]) -> int:
+    """``binarize bench accuracy [OPTIONS]``: the evidence report, ``benchmarks/report.py`` of a
+    source checkout (it is not installed with the package: it trains ~150 networks)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "report.py"
+    if not script.is_file():
+        print(f"binarize bench accuracy: error: the evidence report needs a source checkout of binarize "
+              f"({script} does not exist)", file=sys.stderr)
+        return 2
+    sys.argv = [str(script), *report_args]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 # -------------------------------------------------------------------------------------- parser
 
 #: FinetuneConfig fields exposed as --options: name -> (type, help).
@@ -330,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help="time ONNX files with ONNX Runtime and binarize's kernels",
                             description="Median latency of each ONNX file (random input) under ONNX Runtime with "
                                         "binarize's custom ops registered; float models run unchanged.")
-    p.add_argument("onnx", nargs="+", help="ONNX files")
+    p.add_argument("onnx", nargs="+", help="ONNX files ('binarize bench accuracy [--smoke ...]' instead runs "
+                                           "the evidence report, benchmarks/report.py, of a source checkout)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1; 0: ONNX Runtime's default)")
     p.add_argument("--batch", type=int, default=1, help="batch size for dynamic batch dimensions (default 1)")
     p.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
@@ -343,6 +358,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["bench", "accuracy"]:  # the report has its own options: hand them over untouched
+        return run_evidence_report(argv[2:])
     if argv and argv[0] in parser.commands:
         # Intermixed, so positionals may follow options: `finetune MODEL --weights W DATA`.
         args = parser.commands[argv[0]].parse_intermixed_args(argv[1:])

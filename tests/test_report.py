@@ -1,24 +1,30 @@
-"""The evidence report's smoke mode (benchmarks/report.py --smoke): it runs end to end into a temporary
-folder and writes every section, the claims table and the raw results."""
+"""The evidence report's smoke mode (benchmarks/report.py --smoke, reached as `binarize bench accuracy`):
+it runs end to end into a temporary folder and writes every section, the claims table and the raw results."""
 import csv
 import importlib.util
 import json
-from pathlib import Path
+import sys
 
 import pytest
 
-REPORT_SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "report.py"
+from binarize import cli
+
 VERDICTS = {"holds", "holds within noise", "within noise", "does not hold", "not measured"}
 
 
 @pytest.fixture(scope="module")
-def smoke_report(tmp_path_factory):
-    spec = importlib.util.spec_from_file_location("evidence_report", REPORT_SCRIPT)
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+def smoke_report(tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("report")
-    report.main(["--smoke", "--out", str(out), "--cache", str(out / "cache"), "--workers", "1"])
+    monkeypatch_module.setattr(sys, "argv", list(sys.argv))  # the CLI hands its arguments over in sys.argv
+    assert cli.main(["bench", "accuracy", "--smoke", "--out", str(out), "--cache", str(out / "cache"),
+                     "--workers", "1"]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 def test_report_has_every_section_and_the_environment(smoke_report):

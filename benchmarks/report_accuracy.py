@@ -103,10 +103,10 @@ class Recipe:
     hour on two shared cores while every binary net clearly learns (see REPORT.md for the numbers)."""
 
     teacher_epochs: int = 4
-    student_epochs: int = 2  # total: BiPer splits them into 1 stage-1 + the rest stage-2 epochs
+    student_epochs: int = 3  # total: BiPer splits them into 1 stage-1 + the rest stage-2 epochs
     steps_per_epoch: Optional[int] = None
     teacher_lr: float = 3e-3  # Adam
-    student_lr: float = 0.05  # SGD, momentum 0.9, cosine; BiPer's stage 1 too
+    student_lr: float = 0.02  # SGD, momentum 0.9, cosine; BiPer's stage 1 too
 
     def tag(self) -> str:
         """Names the cache folder, so that runs of different recipes never mix."""

@@ -287,6 +287,9 @@ _PASS_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.AdaptiveAv
 _PASS_FUNCTIONS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
                    F.adaptive_max_pool2d, F.dropout}
 _PASS_METHODS = {"flatten", "view", "reshape"}
+# The subset that commutes with a monotone non-decreasing activation f: op(f(z)) == f(op(z)).
+_COMMUTING_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten)
+_COMMUTING_FUNCTIONS = {torch.flatten, F.max_pool2d, F.adaptive_max_pool2d}
 
 
 def _is_relu(gm, node) -> bool:
@@ -301,6 +304,12 @@ def _is_pass_through(gm, node) -> bool:
             or (node.op == "call_method" and node.target in _PASS_METHODS))
 
 
+def _commutes_with_relu(gm, node) -> bool:
+    return (isinstance(_module(gm, node), _COMMUTING_MODULES)
+            or (node.op == "call_function" and node.target in _COMMUTING_FUNCTIONS)
+            or (node.op == "call_method" and node.target in _PASS_METHODS))
+
+
 def _sign_input_activation(kind: str) -> Optional[nn.Module]:
     if kind == "hardtanh":
         return nn.Hardtanh()
@@ -312,10 +321,26 @@ def _sign_input_activation(kind: str) -> Optional[nn.Module]:
 def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: str) -> List[str]:
     """Replace the ReLU-like activation in front of every binary layer (possibly behind pooling,
     dropout or flatten) by ``activation``, for the binary layer only: the activation's other
-    consumers (float layers, shortcuts) keep the original. Returns the names of added modules."""
+    consumers (float layers, shortcuts) keep the original. Returns the names of added modules.
+
+    When everything between the ReLU and the binary layer commutes with it (max-pooling, flatten,
+    reshape) the ReLU moves behind those ops for the float consumers instead of the ops being
+    cloned for the binary layer: relu(maxpool(z)) == maxpool(relu(z)), and the pooling then runs
+    once (ResNet's stem, VGG, LeNet)."""
     binary_set = set(binary)
     rewritten: Dict[fx.Node, fx.Node] = {}  # original input node -> new input node
     added = []
+
+    def sign_input(value: fx.Node, relu: fx.Node) -> fx.Node:
+        module = _sign_input_activation(activation)
+        if module is None:
+            return value
+        name = f"{relu.name}_sign_input"
+        gm.add_submodule(name, module)
+        added.append(name)
+        with gm.graph.inserting_after(value):
+            return gm.graph.call_module(name, (value,))
+
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or node.target not in binary_set:
             continue
@@ -327,17 +352,20 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
                 cursor = cursor.args[0]
             if not _is_relu(gm, cursor):
                 continue
-            new = cursor.args[0]
-            module = _sign_input_activation(activation)
-            if module is not None:
-                name = f"{cursor.name}_sign_input"
-                gm.add_submodule(name, module)
-                added.append(name)
-                with gm.graph.inserting_after(new):
-                    new = gm.graph.call_module(name, (new,))
-            for step in reversed(chain):  # clone the pass-through ops on the new value
-                with gm.graph.inserting_after(new):
-                    new = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
+            pre_activation = cursor.args[0]
+            single_path = all(len(n.users) == 1 for n in [cursor, *chain[1:]])
+            if chain and single_path and all(_commutes_with_relu(gm, n) for n in chain):
+                chain[-1].replace_input_with(cursor, pre_activation)  # the ops now read z
+                with gm.graph.inserting_after(original):
+                    float_value = gm.graph.node_copy(cursor, lambda n: original if n is pre_activation else n)
+                new = sign_input(original, cursor)
+                original.replace_all_uses_with(float_value, delete_user_cb=lambda user: user not in (
+                    float_value, new) and not (user.op == "call_module" and user.target in binary_set))
+            else:
+                new = sign_input(pre_activation, cursor)
+                for step in reversed(chain):  # clone the pass-through ops on the new value
+                    with gm.graph.inserting_after(new):
+                        new = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
             rewritten[original] = new
         node.replace_input_with(original, rewritten[original])
     gm.graph.eliminate_dead_code()

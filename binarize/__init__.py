@@ -6,7 +6,7 @@
 """
 import os as _os
 
-from . import analysis, quantizers
+from . import analysis, datasets, kernels, quantizers, runtime
 from .config import ConvertConfig
 from .convert import binary_layers, convert, extra_losses, set_stage
 from .layers import BinaryConv2d, BinaryLayer, BinaryLinear
@@ -37,6 +37,6 @@ def export(model, path, example_input, **options):
 
 
 __all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary",
-           "analysis", "quantizers", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
+           "analysis", "datasets", "kernels", "quantizers", "runtime", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
            "CBCNConfig", "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS",
            "TraceError", "export", "finetune", "FinetuneConfig", "History"]

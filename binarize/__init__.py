@@ -36,7 +36,7 @@ def export(model, path, example_input, **options):
     return export_onnx(model, path, example_input, **options)
 
 
-__all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary",
-           "analysis", "datasets", "kernels", "quantizers", "runtime", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig",
-           "CBCNConfig", "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS",
-           "TraceError", "export", "finetune", "FinetuneConfig", "History"]
+__all__ = ["convert", "set_stage", "extra_losses", "binary_layers", "summary", "Summary", "finetune",
+           "FinetuneConfig", "History", "export", "analysis", "datasets", "kernels", "quantizers",
+           "runtime", "ConvertConfig", "XnorConfig", "BiRealConfig", "BiPerConfig", "CBCNConfig",
+           "RBCNConfig", "BinaryLayer", "BinaryConv2d", "BinaryLinear", "METHODS", "TraceError"]

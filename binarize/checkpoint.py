@@ -23,9 +23,9 @@ import importlib.util
 import os
 import random
 import re
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -45,35 +45,34 @@ class CheckpointError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------- files
 
-def atomic_save(obj: Any, path: PathLike) -> Path:
-    """``torch.save(obj, path)`` through a temporary file + ``os.replace``: ``path`` is either the
-    previous file or the complete new one, never a partial write."""
+def atomic_write(path: PathLike, write: Callable[[IO], None], binary: bool = True) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then rename it over ``path``
+    (``os.replace`` is atomic): ``path`` is either the previous file or the complete new one, never
+    a partial write. The temporary file is opened with "x", not ``mkstemp``, so the result gets the
+    usual umask permissions rather than mkstemp's 0600."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with open(temporary, "xb" if binary else "x", **({} if binary else {"newline": ""})) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(temporary, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
 
 
+def atomic_save(obj: Any, path: PathLike) -> Path:
+    """``torch.save(obj, path)`` through :func:`atomic_write`, creating the folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
 def atomic_write_text(text: str, path: PathLike) -> None:
-    """Write a text file (metrics CSV) atomically, like :func:`atomic_save`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a text file (metrics CSV, report) through :func:`atomic_write`."""
+    atomic_write(path, lambda handle: handle.write(text), binary=False)
 
 
 def load_file(path: PathLike, what: str = "checkpoint") -> Any:

@@ -937,7 +937,5 @@ def _plot_curves(rows: List[Dict[str, Any]], path: Path) -> None:
         axis.set_xlabel("epoch")
         axis.set_ylabel(label)
         axis.legend()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=100)
+    ckpt.atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
     plt.close(figure)
-    tmp.replace(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import uuid
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from binarize.checkpoint import atomic_write
 from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 
 from .ops import ONNX_TRANSLATIONS, PackedBinaryConv2d, PackedBinaryLinear
@@ -220,22 +220,6 @@ def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPS
     return proto
 
 
-def _write_atomically(proto: onnx.ModelProto, path: Path) -> None:
-    """Write to a temporary file beside ``path`` and rename it: ``path`` is either the complete
-    model or untouched, never half-written. (Opened with "xb", not mkstemp, so the file gets
-    the usual umask permissions.)"""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with open(temporary, "xb") as handle:
-            handle.write(proto.SerializeToString())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Inputs, *,
            opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, input_names: Optional[Sequence[str]] = None,
            output_names: Optional[Sequence[str]] = None) -> Path:
@@ -252,5 +236,5 @@ def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Input
         raise FileNotFoundError(f"export: directory {path.parent} does not exist (path={str(path)!r})")
     proto = to_onnx(model, example_input, opset=opset, dynamic_batch=dynamic_batch, input_names=input_names,
                     output_names=output_names)
-    _write_atomically(proto, path)
+    atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
     return path

@@ -189,7 +189,7 @@ def test_bad_checkpoint_files_get_errors_naming_file_and_problem(tmp_path):
     other_model = nn.Sequential(nn.Linear(3, 4))
     with pytest.raises(ckpt.CheckpointError, match=r"good.pt does not match the model.*missing"):
         ckpt.load_state(other_model, ckpt.load_checkpoint(good)["model"], good)
-    assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
+    assert not list(tmp_path.glob("*.partial"))  # atomic writes leave no temporary files
 
 
 def test_keeps_only_the_last_n_checkpoints(tmp_path):

@@ -436,6 +436,11 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
+def _discriminator_key(feature: str) -> str:
+    """ModuleDict keys cannot contain dots; feature names are module paths."""
+    return feature.replace(".", "_")
+
+
 class _Trainer:
     def __init__(self, student, teacher, train_loader, val_loader, config: FinetuneConfig):
         self.config = config
@@ -516,7 +521,7 @@ class _Trainer:
             if s_shape != t_shape or len(s_shape) not in (2, 4):
                 raise ValueError(f"gan_features {name!r}: student output {s_shape} and teacher output "
                                  f"{t_shape} must be equal N x C (x H x W) maps")
-            self.discriminators[name.replace(".", "_")] = FeatureDiscriminator(
+            self.discriminators[_discriminator_key(name)] = FeatureDiscriminator(
                 s_shape[1:], config.gan_pool, config.gan_hidden)
         self.discriminators.to(self.device)
         if self.center_name:
@@ -614,7 +619,7 @@ class _Trainer:
             self._discriminator_step(real, fake)
             self.discriminators.requires_grad_(False)  # the student's term must not train D
             terms["gan"] = config.gan_weight * decay * sum(
-                adversarial_loss(self.discriminators[n.replace(".", "_")](fake[n])) for n in self.gan_names)
+                adversarial_loss(self._discriminator(n)(fake[n])) for n in self.gan_names)
             self.discriminators.requires_grad_(True)
         for name, value in extra_losses(self.model).items():  # RBCN's kernel loss (lambda1 inside)
             terms[name] = decay * value
@@ -634,12 +639,14 @@ class _Trainer:
             self.center_loss.update(features, labels, config.center_lr, _all_reduce_sum)
         return loss.detach(), {k: float(v.detach()) for k, v in terms.items()}, logits.detach()
 
+    def _discriminator(self, feature: str) -> nn.Module:
+        return self.discriminators[_discriminator_key(feature)]
+
     def _discriminator_step(self, real: Dict[str, torch.Tensor], fake: Dict[str, torch.Tensor]) -> None:
         """RBCN algorithm 1, lines 10-11: one step of every discriminator before the student's."""
         optimizer = self.optimizers["discriminators"]
         optimizer.zero_grad(set_to_none=True)
-        loss = sum(discriminator_loss(self.discriminators[n.replace(".", "_")](real[n]),
-                                      self.discriminators[n.replace(".", "_")](fake[n].detach()))
+        loss = sum(discriminator_loss(self._discriminator(n)(real[n]), self._discriminator(n)(fake[n].detach()))
                    for n in self.gan_names)
         loss.backward()
         _average_gradients(self.discriminators.parameters())

@@ -121,8 +121,7 @@ def test_discriminator_step_lowers_its_loss_on_a_fixed_batch():
 
     def total_loss():
         with torch.no_grad():
-            return sum(discriminator_loss(trainer.discriminators[n.replace(".", "_")](real[n]),
-                                          trainer.discriminators[n.replace(".", "_")](fake[n]))
+            return sum(discriminator_loss(trainer._discriminator(n)(real[n]), trainer._discriminator(n)(fake[n]))
                        for n in trainer.gan_names).item()
 
     before = total_loss()

@@ -6,7 +6,7 @@ import functools
 import sys
 from pathlib import Path
 
-__all__ = ["library_path", "available_isas"]
+__all__ = ["library_path", "available_isas", "last_kernel_isa"]
 
 _LIBRARY_NAME = {"win32": "binarize_ort.dll", "darwin": "libbinarize_ort.dylib"}.get(sys.platform, "libbinarize_ort.so")
 
@@ -29,3 +29,13 @@ def available_isas() -> tuple[str, ...]:
     library = ctypes.CDLL(library_path())
     library.binarize_available_isas.restype = ctypes.c_char_p
     return tuple(library.binarize_available_isas().decode().split(","))
+
+
+def last_kernel_isa() -> str:
+    """The kernel path (``"avx512"``, ``"avx2"``, ``"scalar"``, ``"reference"``) of the last
+    BinaryConv2d / BinaryLinear kernel created on the calling thread, ``""`` if none was.
+    Session creation builds the kernels on the calling thread, so right after
+    ``binarize.runtime.session(...)`` this is the path that session runs."""
+    library = ctypes.CDLL(library_path())
+    library.binarize_last_kernel_isa.restype = ctypes.c_char_p
+    return library.binarize_last_kernel_isa().decode()

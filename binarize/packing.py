@@ -1,4 +1,4 @@
-"""Bit-packing of ±1 weights into the int64 layouts of the ``binarize`` ONNX ops (kernels/SPEC.md).
+"""Bit-packing of ±1 weights into the int64 layouts of the ``binarize`` ONNX ops (kernels/SPEC.md, kernels/ops/).
 
 Bit ``c % 64`` of word ``c // 64`` is 1 iff the sign along the packed axis at index ``c`` is -1;
 unused high bits of the last word are 0. ``BinaryConv2d`` packs the input-channel axis per kernel

@@ -2,18 +2,47 @@
 from __future__ import annotations
 
 import os
-import threading
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
+import onnx
 import onnxruntime as ort
 
+from . import opset
 from .kernels import library_path
 
-__all__ = ["session"]
+__all__ = ["session", "check_model", "ISA_CONFIG_KEY"]
 
-# The kernels read BINARIZE_ISA while the session is created; the lock keeps concurrent
-# session creations in this process from seeing each other's setting.
-_ISA_LOCK = threading.Lock()
+#: Session config entry the kernel library reads when it is registered with a SessionOptions:
+#: the kernel path of that session only (no process-wide state, so concurrent sessions with
+#: different paths do not interfere).
+ISA_CONFIG_KEY = "binarize.isa"
+
+
+def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph``, those of its subgraphs (If / Loop / Scan bodies) included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _nodes(subgraph)
+
+
+def check_model(model: onnx.ModelProto, where: str = "the model") -> None:
+    """ValueError naming ``where`` when ``model`` imports a ``binarize`` opset version this release
+    does not implement, or has a ``binarize`` node with an attribute its operator does not define
+    (ONNX Runtime lets a custom op see neither; the kernel library checks everything else)."""
+    versions = [entry.version for entry in model.opset_import if entry.domain == opset.DOMAIN]
+    if not versions:
+        return
+    opset.check_opset_version(versions[0], where)
+    for node in _nodes(model.graph):
+        if node.domain != opset.DOMAIN:
+            continue
+        op = opset.definition(node.op_type, versions[0])
+        unknown = [a.name for a in node.attribute if a.name not in op.attribute_names]
+        if unknown:
+            raise ValueError(f"{where}: node {node.name or node.output[0]!r} ({op.name} version {op.version}) has "
+                             f"unknown attribute(s) {unknown}; its attributes are {list(op.attribute_names)}")
 
 
 def session(path_or_bytes: Union[str, os.PathLike, bytes], threads: Optional[int] = None,
@@ -21,27 +50,26 @@ def session(path_or_bytes: Union[str, os.PathLike, bytes], threads: Optional[int
     """An ``InferenceSession`` able to run BinaryConv2d / BinaryLinear.
 
     ``threads`` sets ``intra_op_num_threads`` (the kernels split their work over that pool);
-    ``isa`` forces a kernel path (``"avx512"``, ``"avx2"``, ``"scalar"`` or ``"reference"``, see
-    :func:`binarize.kernels.available_isas`); by default the ``BINARIZE_ISA`` environment variable
-    decides, or when it is unset the fastest path this CPU supports.
+    ``isa`` forces this session's kernel path (``"avx512"``, ``"avx2"``, ``"scalar"`` or
+    ``"reference"``, see :func:`binarize.kernels.available_isas`); by default the ``BINARIZE_ISA``
+    environment variable decides, or when it is unset the fastest path this CPU supports.
+    The model is checked first (:func:`check_model`): an unsupported ``binarize`` opset version
+    is a ValueError naming the file.
     Other keyword arguments go to ``InferenceSession`` (``sess_options`` may be given and is
     extended; ``providers`` defaults to the CPU provider).
     """
+    if isinstance(path_or_bytes, bytes):
+        model, where = path_or_bytes, "the model (bytes)"
+        check_model(onnx.load_from_string(model), where)
+    else:
+        model = os.fspath(path_or_bytes)
+        where = model
+        check_model(onnx.load(model, load_external_data=False), where)
     options = kwargs.pop("sess_options", None) or ort.SessionOptions()
+    if isa is not None:  # read by the library when it is registered, just below
+        options.add_session_config_entry(ISA_CONFIG_KEY, isa)
     options.register_custom_ops_library(library_path())
     if threads is not None:
         options.intra_op_num_threads = threads
     kwargs.setdefault("providers", ["CPUExecutionProvider"])
-    model = os.fspath(path_or_bytes) if not isinstance(path_or_bytes, bytes) else path_or_bytes
-    if isa is None:
-        return ort.InferenceSession(model, sess_options=options, **kwargs)
-    with _ISA_LOCK:
-        previous = os.environ.get("BINARIZE_ISA")
-        os.environ["BINARIZE_ISA"] = isa
-        try:
-            return ort.InferenceSession(model, sess_options=options, **kwargs)
-        finally:
-            if previous is None:
-                del os.environ["BINARIZE_ISA"]
-            else:
-                os.environ["BINARIZE_ISA"] = previous
+    return ort.InferenceSession(model, sess_options=options, **kwargs)

@@ -1,5 +1,5 @@
 """The inference form of binary layers: PyTorch custom ops that the ONNX exporter maps to the
-``binarize`` domain's BinaryConv2d / BinaryLinear (kernels/SPEC.md), and the modules that call them.
+``binarize`` domain's BinaryConv2d / BinaryLinear (binarize/opset.py), and the modules that call them.
 
 A :class:`PackedBinaryConv2d` holds what the runtime needs and nothing else: the signs packed
 into int64 words (once, when it is built), one multiplier and one bias per packed output channel.
@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from binarize.opset import BINARY_CONV2D_V1, BINARY_LINEAR_V1, conv_output_size
 from binarize.packing import pack_weight, packed_words, unpack_bits
 from binarize.quantizers import binary_sign
-
-from .schemas import DOMAIN, VERSION, conv_output_size
 
 __all__ = ["PackedBinaryConv2d", "PackedBinaryLinear", "ONNX_TRANSLATIONS"]
 
@@ -33,11 +32,11 @@ def _unpack(packed: torch.Tensor, length: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ custom ops
-@torch.library.custom_op("binarize::binary_conv2d", mutates_args=())
+@torch.library.custom_op(BINARY_CONV2D_V1.torch_op, mutates_args=())
 def binary_conv2d(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                   in_channels: int, kernel_shape: List[int], strides: List[int], pads: List[int],
                   dilations: List[int]) -> torch.Tensor:
-    """BinaryConv2d (kernels/SPEC.md): ``multiplier * D + bias``, D the zero-padded correlation of
+    """BinaryConv2d v1 (kernels/ops/): ``multiplier * D + bias``, D the zero-padded correlation of
     sign(x) with the packed signs ``weight`` [M, KH, KW, ceil(C/64)]; pads are [top, left, bottom, right]."""
     signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
     top, left, bottom, right = pads
@@ -54,10 +53,10 @@ def _binary_conv2d_fake(x, weight, multiplier, bias, in_channels, kernel_shape, 
     return x.new_empty((x.shape[0], weight.shape[0], height, width))
 
 
-@torch.library.custom_op("binarize::binary_linear", mutates_args=())
+@torch.library.custom_op(BINARY_LINEAR_V1.torch_op, mutates_args=())
 def binary_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                   in_features: int) -> torch.Tensor:
-    """BinaryLinear (kernels/SPEC.md): ``multiplier * (sign(x) . signs^T) + bias`` over x's last axis."""
+    """BinaryLinear v1 (kernels/ops/): ``multiplier * (sign(x) . signs^T) + bias`` over x's last axis."""
     dot = F.linear(binary_sign(x.float()), _unpack(weight, in_features))
     return dot * multiplier + bias
 
@@ -67,18 +66,19 @@ def _binary_linear_fake(x, weight, multiplier, bias, in_features):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-_BINARIZE_OPSET = onnxscript.values.Opset(DOMAIN, VERSION)
+def _onnx_op(op):  # the onnxscript callable that emits a node of the operator version ``op``
+    return getattr(onnxscript.values.Opset(op.domain, op.version), op.name)
 
 
 def _binary_conv2d_onnx(x, weight, multiplier, bias, in_channels: int, kernel_shape: Sequence[int],
                         strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int]):
-    return _BINARIZE_OPSET.BinaryConv2d(x, weight, multiplier, bias, in_channels=in_channels,
-                                        kernel_shape=list(kernel_shape), strides=list(strides),
-                                        pads=list(pads), dilations=list(dilations), group=1)
+    return _onnx_op(BINARY_CONV2D_V1)(x, weight, multiplier, bias, in_channels=in_channels,
+                                      kernel_shape=list(kernel_shape), strides=list(strides), pads=list(pads),
+                                      dilations=list(dilations), group=1)
 
 
 def _binary_linear_onnx(x, weight, multiplier, bias, in_features: int):
-    return _BINARIZE_OPSET.BinaryLinear(x, weight, multiplier, bias, in_features=in_features)
+    return _onnx_op(BINARY_LINEAR_V1)(x, weight, multiplier, bias, in_features=in_features)
 
 
 #: ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``.

@@ -1,4 +1,5 @@
-"""ONNX operator schemas of the ``binarize`` domain, version 1 (kernels/SPEC.md is the op spec).
+"""ONNX operator schemas of the ``binarize`` domain, built from the definitions in
+:mod:`binarize.opset` (one schema per operator version; the operator pages are ``kernels/ops/``).
 
 Registering them with :func:`register_schemas` lets ``onnx.checker.check_model(full_check=True)``
 and ``onnx.shape_inference.infer_shapes`` understand exported models: both ops get a type and
@@ -7,34 +8,31 @@ ONNX Runtime does not need these schemas; it learns the ops from the kernel libr
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Dict, Optional
 
 import onnx
 from onnx import TensorProto, defs
 from onnx.shape_inference import InferenceContext
 
-DOMAIN = "binarize"
-VERSION = 1
+from binarize.opset import DOMAIN, LATEST_VERSION, OPS, OpDefinition, conv_output_size
+
+#: The ``binarize`` opset version new exports import.
+VERSION = LATEST_VERSION
 
 __all__ = ["DOMAIN", "VERSION", "register_schemas", "conv_output_size"]
 
-_FLOAT = "tensor(float)"
-_PACKED = "tensor(int64)"
+_TYPE_STRINGS = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+_ATTRIBUTE_TYPES = {"int": defs.OpSchema.AttrType.INT, "ints": defs.OpSchema.AttrType.INTS}
 
 
-def conv_output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:
-    """Output length of a convolution along one spatial axis (as ONNX Conv, floor rounding)."""
-    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _int_attribute(ctx: InferenceContext, name: str, default: Optional[int] = None) -> Optional[int]:
-    attribute = ctx.get_attribute(name)
-    return default if attribute is None else attribute.i
-
-
-def _ints_attribute(ctx: InferenceContext, name: str, default: Optional[List[int]] = None) -> Optional[List[int]]:
-    attribute = ctx.get_attribute(name)
-    return default if attribute is None else list(attribute.ints)
+def _attributes(op: OpDefinition, ctx: InferenceContext) -> Dict[str, object]:
+    """The node's attributes, validated by the definition (ValueError naming op and attribute)."""
+    values = {}
+    for attribute in op.attributes:
+        proto = ctx.get_attribute(attribute.name)
+        if proto is not None:
+            values[attribute.name] = onnx.helper.get_attribute_value(proto)
+    return op.validate_attributes(values)
 
 
 def _dims(ctx: InferenceContext, index: int) -> Optional[list]:
@@ -60,25 +58,17 @@ def _known(value: int) -> onnx.TensorShapeProto.Dimension:
     return dim
 
 
-def _infer_binary_conv2d(ctx: InferenceContext) -> None:
+def _infer_binary_conv2d(op: OpDefinition, ctx: InferenceContext) -> None:
     """Y = [N, M, OH, OW]: N from X, M from W, OH/OW from X's spatial size and the attributes."""
-    kernel = _ints_attribute(ctx, "kernel_shape")
-    strides = _ints_attribute(ctx, "strides", [1, 1])
-    pads = _ints_attribute(ctx, "pads", [0, 0, 0, 0])
-    dilations = _ints_attribute(ctx, "dilations", [1, 1])
-    if kernel is None or len(kernel) != 2 or min(kernel) < 1:
-        raise ValueError(f"BinaryConv2d: attribute kernel_shape must be 2 positive values, got {kernel}")
-    if len(strides) != 2 or min(strides) < 1 or len(dilations) != 2 or min(dilations) < 1:
-        raise ValueError(f"BinaryConv2d: strides {strides} and dilations {dilations} must be 2 positive values each")
-    if len(pads) != 4 or min(pads) < 0:
-        raise ValueError(f"BinaryConv2d: attribute pads must be 4 non-negative values "
-                         f"[top, left, bottom, right], got {pads}")
+    attributes = _attributes(op, ctx)
+    kernel, strides = attributes["kernel_shape"], attributes["strides"]
+    pads, dilations = attributes["pads"], attributes["dilations"]
     x, w = _dims(ctx, 0), _dims(ctx, 1)
     if x is None:
         _set_float_output(ctx, None)
         return
     if len(x) != 4:
-        raise ValueError(f"BinaryConv2d: X must have rank 4 [N, C, H, W], got rank {len(x)}")
+        raise ValueError(f"{op.name}: X must have rank 4 [N, C, H, W], got rank {len(x)}")
     out_channels = w[0] if w is not None and len(w) == 4 else onnx.TensorShapeProto.Dimension()
     spatial = []
     for axis in range(2):
@@ -91,8 +81,9 @@ def _infer_binary_conv2d(ctx: InferenceContext) -> None:
     _set_float_output(ctx, [x[0], out_channels, *spatial])
 
 
-def _infer_binary_linear(ctx: InferenceContext) -> None:
+def _infer_binary_linear(op: OpDefinition, ctx: InferenceContext) -> None:
     """Y = X's shape with the last axis replaced by M (W's first axis)."""
+    _attributes(op, ctx)
     x, w = _dims(ctx, 0), _dims(ctx, 1)
     if x is None:
         _set_float_output(ctx, None)
@@ -101,54 +92,26 @@ def _infer_binary_linear(ctx: InferenceContext) -> None:
     _set_float_output(ctx, [*x[:-1], out_features])
 
 
-def _parameter(name: str, type_str: str, doc: str) -> defs.OpSchema.FormalParameter:
-    return defs.OpSchema.FormalParameter(name, type_str, doc)
+_SHAPE_INFERENCE = {"BinaryConv2d": _infer_binary_conv2d, "BinaryLinear": _infer_binary_linear}
 
 
-_OUTPUT_TRANSFORM = [
-    _parameter("multiplier", _FLOAT, "[M] per-output-channel scale (the method's alpha / C* / mean|w|, "
-                                     "times a folded BatchNorm's gamma / sqrt(var + eps))"),
-    _parameter("bias", _FLOAT, "[M] per-output-channel bias (the layer's bias and a folded BatchNorm's shift)"),
-]
+def _parameters(parameters) -> list:
+    return [defs.OpSchema.FormalParameter(p.name, _TYPE_STRINGS[p.dtype], f"{p.shape} {p.doc}") for p in parameters]
 
 
-def _conv_schema() -> defs.OpSchema:
-    ints = defs.OpSchema.AttrType.INTS
-    schema = defs.OpSchema(
-        "BinaryConv2d", DOMAIN, VERSION,
-        "Y = multiplier * D + bias, D = the zero-padded correlation of sign(X) (sign(0) = +1) with "
-        "the packed +-1 weights; padded taps contribute 0.",
-        inputs=[_parameter("X", _FLOAT, "[N, C, H, W] float input, binarized inside the op"),
-                _parameter("W", _PACKED, "[M, KH, KW, ceil(C/64)] signs packed along C, bit 1 = -1"),
-                *_OUTPUT_TRANSFORM],
-        outputs=[_parameter("Y", _FLOAT, "[N, M, OH, OW]")],
-        attributes=[
-            defs.OpSchema.Attribute("kernel_shape", ints, "[KH, KW]", required=True),
-            defs.OpSchema.Attribute("in_channels", defs.OpSchema.AttrType.INT, "C", required=True),
-            defs.OpSchema.Attribute("strides", ints, "[stride_h, stride_w], default [1, 1]", required=False),
-            defs.OpSchema.Attribute("pads", ints, "[top, left, bottom, right], default 0", required=False),
-            defs.OpSchema.Attribute("dilations", ints, "[dilation_h, dilation_w], default [1, 1]", required=False),
-            defs.OpSchema.Attribute("group", defs.OpSchema.AttrType.INT, "1 (version 1)", required=False),
-        ])
-    schema.set_type_and_shape_inference_function(_infer_binary_conv2d)
-    return schema
-
-
-def _linear_schema() -> defs.OpSchema:
-    schema = defs.OpSchema(
-        "BinaryLinear", DOMAIN, VERSION,
-        "Y = multiplier * (sign(X) . W^T) + bias over the last axis of X (sign(0) = +1).",
-        inputs=[_parameter("X", _FLOAT, "[..., K] float input, binarized inside the op"),
-                _parameter("W", _PACKED, "[M, ceil(K/64)] signs packed along K, bit 1 = -1"),
-                *_OUTPUT_TRANSFORM],
-        outputs=[_parameter("Y", _FLOAT, "[..., M]")],
-        attributes=[defs.OpSchema.Attribute("in_features", defs.OpSchema.AttrType.INT, "K", required=True)])
-    schema.set_type_and_shape_inference_function(_infer_binary_linear)
-    return schema
+def schema(op: OpDefinition) -> defs.OpSchema:
+    """The ONNX schema of one operator version."""
+    result = defs.OpSchema(
+        op.name, op.domain, op.version, op.summary, inputs=_parameters(op.inputs), outputs=_parameters(op.outputs),
+        attributes=[defs.OpSchema.Attribute(a.name, _ATTRIBUTE_TYPES[a.type], a.doc, required=a.required)
+                    for a in op.attributes])
+    infer = _SHAPE_INFERENCE[op.name]
+    result.set_type_and_shape_inference_function(lambda ctx: infer(op, ctx))
+    return result
 
 
 def register_schemas() -> None:
-    """Register BinaryConv2d and BinaryLinear with ONNX (once per process; later calls do nothing)."""
-    for schema in (_conv_schema(), _linear_schema()):
-        if not defs.has(schema.name, VERSION, DOMAIN):
-            defs.register_schema(schema)
+    """Register every operator version with ONNX (once per process; later calls do nothing)."""
+    for op in OPS:
+        if not defs.has(op.name, op.version, op.domain):
+            defs.register_schema(schema(op))

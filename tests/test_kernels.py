@@ -167,7 +167,7 @@ def test_pack_bits_layout_and_roundtrip():
 
 def test_forcing_an_unknown_isa_is_an_error():
     model = conv_model((1, 3, 4, 4), np.ones((2, 3, 1, 1), np.float32), np.ones(2, np.float32), np.zeros(2, np.float32))
-    with pytest.raises(Exception, match="BINARIZE_ISA=sse9 is not one of"):
+    with pytest.raises(Exception, match="BinaryConv2d: session config binarize.isa=sse9 is not one of"):
         runtime.session(model, isa="sse9")
 
 

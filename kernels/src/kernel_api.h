@@ -1,4 +1,4 @@
-// Plain-data interface between the ONNX Runtime glue (binarize_ops.cpp) and the ISA-specific
+// Plain-data interface between the kernel object (binary_conv_kernel.cpp) and the ISA-specific
 // kernels (isa_kernels.cpp, compiled once per instruction set with different target flags).
 //
 // This header deliberately holds only POD structs and declarations: anything inline or templated

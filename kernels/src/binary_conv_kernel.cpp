@@ -1,0 +1,255 @@
+#include "binary_conv_kernel.h"
+
+#include <algorithm>
+#include <string>
+
+#include "errors.h"
+#include "reference_kernels.h"
+
+namespace binarize {
+namespace {
+
+// The W input must be [M, KH, KW, CW] (conv) or [M, CW] (linear) with zero unused high bits.
+int64_t validate_weight_shape(const ConvConfig& config, const std::vector<int64_t>& shape) {
+    const std::vector<int64_t> tail = config.linear ? std::vector<int64_t>{config.channel_words()}
+                                                    : std::vector<int64_t>{config.kernel_h, config.kernel_w, config.channel_words()};
+    if (shape.size() != tail.size() + 1 || !std::equal(tail.begin(), tail.end(), shape.begin() + 1) || shape[0] <= 0) {
+        std::vector<int64_t> expected{-1};
+        expected.insert(expected.end(), tail.begin(), tail.end());
+        fail(config.op, "packed weight W has shape ", shape_string(shape), ", expected [M",
+             shape_string(expected).substr(3), " (", config.channels, " input channels packed into ",
+             config.channel_words(), " 64-bit words per ", config.linear ? "row" : "kernel tap", ")");
+    }
+    return shape[0];
+}
+
+void validate_weight_bits(const ConvConfig& config, const uint64_t* words, int64_t word_count) {
+    const int64_t used_bits = config.channels % 64;
+    if (used_bits == 0) return;
+    const uint64_t unused_mask = ~uint64_t{0} << used_bits;
+    const int64_t cw = config.channel_words();
+    for (int64_t i = cw - 1; i < word_count; i += cw)
+        if (words[i] & unused_mask)
+            fail(config.op, "packed weight W has non-zero unused high bits in the last word of a channel group "
+                            "(bits >= ", used_bits, " must be 0)");
+}
+
+void prepare_weights(const ConvConfig& config, const IsaKernels* kernels, const uint64_t* words,
+                     int64_t out_channels, Weights& weights) {
+    const int64_t cw = config.channel_words();
+    const int64_t taps = config.taps();
+    const int64_t steps = taps * cw;
+    weights.original = words;
+    weights.out_channels = out_channels;
+    weights.tap_popcount.assign(out_channels * taps, 0);
+    for (int64_t m = 0; m < out_channels; ++m)
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t i = 0; i < cw; ++i)
+                weights.tap_popcount[m * taps + t] += __builtin_popcountll(words[(m * taps + t) * cw + i]);
+    if (kernels == nullptr) return;  // the reference path reads the original layout
+    const int64_t block = kernels->channels_per_block;
+    weights.out_channels_padded = (out_channels + block - 1) / block * block;
+    weights.blocked.assign(weights.out_channels_padded * steps, 0);
+    for (int64_t m = 0; m < out_channels; ++m)
+        for (int64_t k = 0; k < steps; ++k)
+            weights.blocked[((m / block) * steps + k) * block + m % block] = words[m * steps + k];
+}
+
+struct TensorView {
+    const void* data;
+    std::vector<int64_t> shape;
+};
+
+TensorView input_view(Ort::KernelContext& ctx, size_t index) {
+    Ort::ConstValue value = ctx.GetInput(index);
+    return {value.GetTensorRawData(), value.GetTensorTypeAndShapeInfo().GetShape()};
+}
+
+// Work split for ORT's thread pool: one task packs a run of kPackTaskPixels input pixels of one
+// image, one task computes a run of pixel blocks of one image for one output channel block.
+constexpr int64_t kPackTaskPixels = 512;  // a multiple of the kernels' 16-pixel packing group
+
+struct ParallelPack {
+    const IsaKernels* kernels;
+    PackArgs args;
+    int64_t tasks_per_image;
+    int64_t image_input_stride;  // floats
+    int64_t image_packed_words;
+    static void run(void* self_ptr, size_t task) {
+        const auto* self = static_cast<const ParallelPack*>(self_ptr);
+        const int64_t image = static_cast<int64_t>(task) / self->tasks_per_image;
+        const int64_t begin = static_cast<int64_t>(task) % self->tasks_per_image * kPackTaskPixels;
+        PackArgs args = self->args;
+        args.input += image * self->image_input_stride;
+        args.packed += image * self->image_packed_words;
+        self->kernels->pack_pixels(args, begin, std::min(begin + kPackTaskPixels, args.height * args.width));
+    }
+};
+
+struct ParallelConv {
+    const IsaKernels* kernels;
+    ConvArgs args;
+    int64_t channel_blocks, pixel_blocks, block_groups, blocks_per_group;
+    static void run(void* self_ptr, size_t task) {
+        const auto* self = static_cast<const ParallelConv*>(self_ptr);
+        const int64_t t = static_cast<int64_t>(task);
+        const int64_t channel_block = t % self->channel_blocks;
+        const int64_t group = (t / self->channel_blocks) % self->block_groups;
+        const int64_t image = t / (self->channel_blocks * self->block_groups);
+        const int64_t begin = group * self->blocks_per_group;
+        const int64_t end = std::min(begin + self->blocks_per_group, self->pixel_blocks);
+        self->kernels->conv_tile(self->args, image, channel_block, begin, end);
+    }
+};
+
+// Aim for enough tasks to balance a few threads without making each task tiny.
+constexpr int64_t kTargetTasksPerImage = 64;
+
+}  // namespace
+
+BinaryConvKernel::BinaryConvKernel(const OrtApi& api, const OrtKernelInfo* info, bool linear, Isa isa)
+    : config_(linear ? read_linear_config(api, info) : read_conv_config(api, info)),
+      isa_(isa),
+      kernels_(isa_kernels(isa_)) {
+    int is_constant = 0;
+    const OrtValue* value = nullptr;
+    Ort::ThrowOnError(api.KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value));
+    if (is_constant) {
+        Ort::ConstValue w(value);
+        const auto shape = w.GetTensorTypeAndShapeInfo().GetShape();
+        const int64_t out_channels = validate_weight_shape(config_, shape);
+        const auto* words = static_cast<const uint64_t*>(w.GetTensorRawData());
+        const int64_t count = w.GetTensorTypeAndShapeInfo().GetElementCount();
+        validate_weight_bits(config_, words, count);
+        constant_weights_ = std::make_unique<Weights>();
+        constant_weights_->original_copy.assign(words, words + count);
+        prepare_weights(config_, kernels_, constant_weights_->original_copy.data(), out_channels, *constant_weights_);
+    }
+}
+
+void BinaryConvKernel::Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    if (ctx.GetInputCount() != 4) fail(config_.op, "expected 4 inputs (X, W, multiplier, bias), got ", ctx.GetInputCount());
+    const TensorView x = input_view(ctx, 0);
+
+    // Weights that were not a constant initializer are reordered on every call.
+    Weights call_weights;
+    const Weights* weights = constant_weights_.get();
+    if (weights == nullptr) {
+        const TensorView w = input_view(ctx, 1);
+        const int64_t out_channels = validate_weight_shape(config_, w.shape);
+        const auto* words = static_cast<const uint64_t*>(w.data);
+        validate_weight_bits(config_, words, out_channels * config_.taps() * config_.channel_words());
+        prepare_weights(config_, kernels_, words, out_channels, call_weights);
+        weights = &call_weights;
+    }
+    const int64_t m = weights->out_channels;
+    const TensorView multiplier = input_view(ctx, 2);
+    const TensorView bias = input_view(ctx, 3);
+    if (multiplier.shape != std::vector<int64_t>{m})
+        fail(config_.op, "multiplier has shape ", shape_string(multiplier.shape), ", expected [", m, "] (one per output channel of W)");
+    if (bias.shape != std::vector<int64_t>{m})
+        fail(config_.op, "bias has shape ", shape_string(bias.shape), ", expected [", m, "] (one per output channel of W)");
+
+    // Both ops become images of rows x columns of C-channel pixels.
+    int64_t images, height, width, channel_stride, pixel_stride;
+    std::vector<int64_t> out_shape;
+    if (config_.linear) {
+        if (x.shape.size() < 2) fail(config_.op, "X must have rank >= 2, got shape ", shape_string(x.shape));
+        if (x.shape.back() != config_.channels)
+            fail(config_.op, "X has ", x.shape.back(), " features in its last axis, attribute in_features is ", config_.channels);
+        images = 1;
+        height = 1;
+        width = 1;
+        for (size_t i = 0; i + 1 < x.shape.size(); ++i) width = checked_mul(config_.op, "rows of X", width, x.shape[i]);
+        channel_stride = 1;
+        pixel_stride = config_.channels;
+        out_shape = x.shape;
+        out_shape.back() = m;
+    } else {
+        if (x.shape.size() != 4) fail(config_.op, "X must have rank 4 [N, C, H, W], got shape ", shape_string(x.shape));
+        if (x.shape[1] != config_.channels)
+            fail(config_.op, "X has ", x.shape[1], " channels, attribute in_channels is ", config_.channels);
+        images = x.shape[0];
+        height = x.shape[2];
+        width = x.shape[3];
+        channel_stride = height * width;
+        pixel_stride = 1;
+    }
+    if (width == 0 && config_.linear) {  // zero rows: nothing to compute
+        ctx.GetOutput(0, out_shape);
+        return;
+    }
+    // Checked on every path, before any table or buffer is built.
+    const ConvShape shape = conv_shape(config_, height, width);
+    if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
+    float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
+    const int64_t pixels = shape.out_h * shape.out_w;
+    if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables
+    const auto* x_data = static_cast<const float*>(x.data);
+    const auto* mult = static_cast<const float*>(multiplier.data);
+    const auto* b = static_cast<const float*>(bias.data);
+    const int64_t out_image_stride = config_.linear ? 0 : m * pixels;
+    const int64_t out_channel_stride = config_.linear ? 1 : pixels;
+    const int64_t out_pixel_stride = config_.linear ? m : 1;
+    const int64_t image_stride = config_.channels * height * width;
+
+    if (kernels_ == nullptr) {
+        ReferenceConvArgs r{x_data, images, config_.channels, height, width, image_stride, channel_stride, pixel_stride,
+                            weights->original, m, config_.kernel_h, config_.kernel_w, config_.stride_h,
+                            config_.stride_w, config_.pad_top, config_.pad_left, config_.dilation_h,
+                            config_.dilation_w, shape.out_h, shape.out_w, mult, b, y,
+                            out_image_stride, out_channel_stride, out_pixel_stride};
+        reference_binary_conv(r);
+        return;
+    }
+
+    const std::shared_ptr<const Geometry> geometry = geometry_for(*weights, shape);
+    const int64_t cw = config_.channel_words();
+    const int64_t packed_image_words = shape.packed_image_words;
+    std::vector<uint64_t> packed(static_cast<size_t>(checked_mul(config_.op, "packed input words", images, packed_image_words)), 0);
+    const int64_t pack_tasks = (height * width + kPackTaskPixels - 1) / kPackTaskPixels;
+    ParallelPack pack{kernels_,
+                      PackArgs{x_data, config_.channels, channel_stride, pixel_stride, height, width, packed.data(),
+                               shape.padded_w, cw, config_.pad_top, config_.pad_left},
+                      pack_tasks, image_stride, packed_image_words};
+    ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>(images * pack_tasks), 0, &pack);
+
+    // The epilogue transforms whole channel blocks: pad multiplier and bias to M_padded.
+    std::vector<float> block_multiplier(weights->out_channels_padded, 0.0f), block_bias(weights->out_channels_padded, 0.0f);
+    std::copy(mult, mult + m, block_multiplier.begin());
+    std::copy(b, b + m, block_bias.begin());
+
+    const int64_t channel_blocks = weights->out_channels_padded / kernels_->channels_per_block;
+    // Tile the Q pixels with blocks of P and P - 1 pixels (e.g. 49 = 4 * 6 + 5 * 5) rather than
+    // leave most lanes of a last partial block idle; possible whenever Q >= (P - 1) * blocks.
+    const int64_t block_pixels = kernels_->pixels_per_block;
+    const int64_t pixel_blocks = (pixels + block_pixels - 1) / block_pixels;
+    const int64_t short_blocks = pixel_blocks * block_pixels - pixels;
+    const int64_t full_blocks = short_blocks <= pixel_blocks ? pixel_blocks - short_blocks : pixel_blocks;
+    const int64_t blocks_per_group = std::max<int64_t>(1, pixel_blocks * channel_blocks / kTargetTasksPerImage);
+    const int64_t block_groups = (pixel_blocks + blocks_per_group - 1) / blocks_per_group;
+    ParallelConv conv{kernels_,
+                      ConvArgs{packed.data(), packed_image_words, weights->blocked.data(),
+                               config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
+                               geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
+                               weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
+                               out_image_stride, out_channel_stride, out_pixel_stride},
+                      channel_blocks, pixel_blocks, block_groups, blocks_per_group};
+    ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * block_groups * channel_blocks), 0, &conv);
+}
+
+// The tables depend on the input size and, through the padding correction, on the weights;
+// with constant weights they are cached for the last input size seen.
+std::shared_ptr<const Geometry> BinaryConvKernel::geometry_for(const Weights& weights, const ConvShape& shape) {
+    auto build = [&] {
+        return make_geometry(config_, shape, weights.tap_popcount, weights.out_channels, weights.out_channels_padded);
+    };
+    if (&weights != constant_weights_.get()) return build();
+    std::lock_guard<std::mutex> lock(geometry_mutex_);
+    if (!cached_geometry_ || cached_geometry_->shape.height != shape.height || cached_geometry_->shape.width != shape.width)
+        cached_geometry_ = build();
+    return cached_geometry_;
+}
+
+}  // namespace binarize

@@ -1,0 +1,183 @@
+"""Property-based and hostile-input tests of the C++ kernels.
+
+- Random valid shapes (hypothesis) on every kernel path against an independent reference: PyTorch's
+  float convolution of the signs.
+- Hostile attributes (huge or wrapped-around pads, strides, dilations, kernel sizes, wrong types)
+  on every path, in a subprocess: each must be a Python exception, never a signal and never an
+  output. Both tests are bounded to a few seconds each.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+from binarize import packing
+from binarize.kernels import available_isas, library_path
+
+try:
+    library_path()
+except FileNotFoundError as error:
+    pytest.fail(f"libbinarize_ort is not built: {error}", pytrace=False)
+
+from binarize import runtime  # noqa: E402
+
+ISAS = available_isas()
+FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+def model_bytes(op: str, x_shape, initializers: dict, attributes: list) -> bytes:
+    node = helper.make_node(op, ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize")
+    node.attribute.extend(attributes)
+    graph = helper.make_graph(
+        [node], op, [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(value, name) for name, value in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def float_sign(x: np.ndarray) -> torch.Tensor:
+    return torch.where(torch.from_numpy(x) >= 0, 1.0, -1.0).double()  # sign(0) = +1
+
+
+@st.composite
+def conv_cases(draw):
+    n, c, m = draw(st.integers(0, 2)), draw(st.integers(1, 140)), draw(st.integers(1, 40))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw, dh, dw = (draw(st.integers(1, 3)) for _ in range(4))
+    pads = tuple(draw(st.integers(0, 4)) for _ in range(4))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    assume(h + pads[0] + pads[2] >= dh * (kh - 1) + 1 and w + pads[1] + pads[3] >= dw * (kw - 1) + 1)
+    return n, c, m, (kh, kw), (sh, sw), pads, (dh, dw), (h, w), draw(st.integers(0, 2**32 - 1))
+
+
+@FUZZ
+@given(conv_cases())
+def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
+    n, c, m, kernel, stride, pads, dilation, (h, w), seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.0
+    w_signs = np.where(rng.random((m, c, *kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
+    multiplier = rng.uniform(0.5, 2.0, m).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    top, left, bottom, right = pads
+    d = F.conv2d(F.pad(float_sign(x), (left, right, top, bottom)), torch.from_numpy(w_signs).double(),
+                 stride=stride, dilation=dilation).numpy()
+    expected = d * multiplier[:, None, None] + bias[:, None, None]
+    model = model_bytes("BinaryConv2d", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias},
+                        [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
+                         helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
+                         helper.make_attribute("dilations", list(dilation))])
+    for isa in ISAS:
+        y = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
+        assert y.shape == expected.shape, isa
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=3), st.integers(1, 300), st.integers(1, 40),
+       st.integers(0, 2**32 - 1))
+def test_random_linear_matches_float_matmul_of_signs_on_every_path(rows, features, out_features, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((*rows, features)).astype(np.float32)
+    w_signs = np.where(rng.random((out_features, features)) < 0.5, -1.0, 1.0).astype(np.float32)
+    multiplier = rng.uniform(0.5, 2.0, out_features).astype(np.float32)
+    bias = rng.standard_normal(out_features).astype(np.float32)
+    expected = (float_sign(x) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
+    model = model_bytes("BinaryLinear", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
+                                                  "bias": bias}, [helper.make_attribute("in_features", features)])
+    for isa in ISAS:
+        y = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
+        assert y.shape == expected.shape, isa
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+
+
+# ---- hostile attributes ---------------------------------------------------------------------
+
+BIG = 2**62
+HOSTILE_CONV = {
+    # name: (x shape, W shape, attributes other than in_channels = C of x)
+    "pads near 2^62": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[BIG, BIG, BIG, BIG])),
+    "pads wrapping to negative": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[2**63 - 1] * 4)),
+    "pads at the limit": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[65535] * 4)),
+    "negative pads": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[-(2**63), 0, 0, 0])),
+    "huge stride": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], strides=[2**63 - 1, 1])),
+    "huge dilation": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], dilations=[BIG, 1])),
+    "dilation x kernel wrapping": ((1, 8, 5, 5), (4, 3, 3, 1),
+                                   dict(kernel_shape=[3, 3], dilations=[2**63 // 2 + 1, 1])),
+    "dilated kernel larger than padded input": ((1, 8, 5, 5), (4, 3, 3, 1),
+                                                dict(kernel_shape=[3, 3], dilations=[65535, 65535], pads=[1] * 4)),
+    "huge kernel": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[2**32, 2**32])),
+    "reduction above 2^31": ((1, 1, 5, 5), (1, 1, 1, 1), dict(kernel_shape=[46341, 46341])),
+    "group as float": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], group=2.0)),
+    "group huge": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], group=2**40)),
+    "pads as one int": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=1)),
+    "kernel as floats": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3.0, 3.0])),
+    "empty strides": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], strides=[])),
+    "linear attribute on conv": ((1, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], in_features=8)),
+    "empty batch, hostile pads": ((0, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[65535] * 4)),
+}
+
+HOSTILE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import onnxruntime as ort
+    from binarize.kernels import library_path
+    results = {}
+    for name, isa, path, x_shape in json.loads(sys.argv[1]):
+        options = ort.SessionOptions()
+        options.add_session_config_entry("binarize.isa", isa)
+        options.register_custom_ops_library(library_path())
+        try:
+            sess = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+            y = sess.run(None, {"X": np.ones(x_shape, np.float32)})[0]
+            results[name + " / " + isa] = "output of shape %s" % (y.shape,)
+        except Exception as error:
+            results[name + " / " + isa] = "error: " + str(error).split("\\n")[0]
+    print(json.dumps(results))
+""")
+
+
+def test_hostile_attributes_are_errors_on_every_path(tmp_path):
+    """Plain ONNX Runtime with the library (only the C++ checks run) in a fresh interpreter: every
+    hostile case on every path must raise; the process must exit normally (no SIGSEGV, no abort)."""
+    jobs = []
+    for i, (name, (x_shape, w_shape, attributes)) in enumerate(HOSTILE_CONV.items()):
+        path = tmp_path / f"{i}.onnx"
+        m = w_shape[0]
+        path.write_bytes(model_bytes(
+            "BinaryConv2d", x_shape, {"W": np.zeros(w_shape, np.int64), "multiplier": np.ones(m, np.float32),
+                                      "bias": np.zeros(m, np.float32)},
+            [helper.make_attribute("in_channels", x_shape[1])] +
+            [helper.make_attribute(key, value, attr_type=AttributeProto.INTS if value == [] else None)
+             for key, value in attributes.items()]))
+        jobs.extend((name, isa, str(path), list(x_shape)) for isa in ISAS)
+    linear = tmp_path / "linear.onnx"
+    linear.write_bytes(model_bytes("BinaryLinear", (2, 64), {"W": np.zeros((3, 1), np.int64),
+                                                             "multiplier": np.ones(3, np.float32),
+                                                             "bias": np.zeros(3, np.float32)},
+                                   [helper.make_attribute("in_features", 64),
+                                    helper.make_attribute("pads", [BIG] * 4)]))
+    jobs.extend(("conv attribute on linear", isa, str(linear), [2, 64]) for isa in ISAS)
+
+    result = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(jobs)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}:\n{result.stderr[-3000:]}"
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(outcomes) == len(jobs)
+    not_refused = {case: outcome for case, outcome in outcomes.items()
+                   if not outcome.startswith("error: ") or ("BinaryConv2d: " not in outcome and
+                                                            "BinaryLinear: " not in outcome)}
+    assert not not_refused, json.dumps(not_refused, indent=1)

@@ -35,7 +35,8 @@ def last_kernel_isa() -> str:
     """The kernel path (``"avx512"``, ``"avx2"``, ``"scalar"``, ``"reference"``) of the last
     BinaryConv2d / BinaryLinear kernel created on the calling thread, ``""`` if none was.
     Session creation builds the kernels on the calling thread, so right after
-    ``binarize.runtime.session(...)`` this is the path that session runs."""
+    ``sess = binarize.runtime.session(...)`` this is the path ``sess`` runs (while a session is
+    alive: ONNX Runtime unloads the library with the last session that registered it)."""
     library = ctypes.CDLL(library_path())
     library.binarize_last_kernel_isa.restype = ctypes.c_char_p
     return library.binarize_last_kernel_isa().decode()

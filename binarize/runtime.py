@@ -58,13 +58,13 @@ def session(path_or_bytes: Union[str, os.PathLike, bytes], threads: Optional[int
     Other keyword arguments go to ``InferenceSession`` (``sess_options`` may be given and is
     extended; ``providers`` defaults to the CPU provider).
     """
-    if isinstance(path_or_bytes, bytes):
-        model, where = path_or_bytes, "the model (bytes)"
-        check_model(onnx.load_from_string(model), where)
-    else:
-        model = os.fspath(path_or_bytes)
-        where = model
-        check_model(onnx.load(model, load_external_data=False), where)
+    model = path_or_bytes if isinstance(path_or_bytes, bytes) else os.fspath(path_or_bytes)
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+    except Exception:  # not a readable ONNX model: ONNX Runtime says why, in its own words, below
+        proto = None
+    if proto is not None:
+        check_model(proto, "the model (bytes)" if isinstance(model, bytes) else model)
     options = kwargs.pop("sess_options", None) or ort.SessionOptions()
     if isa is not None:  # read by the library when it is registered, just below
         options.add_session_config_entry(ISA_CONFIG_KEY, isa)

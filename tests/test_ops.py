@@ -4,6 +4,8 @@ check must all agree with that definition."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -162,3 +164,17 @@ def test_isa_choice_is_per_session_across_threads():
     for thread in threads:
         thread.join()
     assert wrong == {"forced": [], "default": []}
+
+
+@pytest.mark.parametrize("value, expected", [("scalar", "path scalar"), ("sse9", "BinaryConv2d: BINARIZE_ISA=sse9 is not one of")])
+def test_environment_variable_is_the_default_for_sessions_without_isa(value, expected):
+    script = ("import sys; from binarize import runtime, kernels\n"
+              "try:\n"
+              "    sess = runtime.session(sys.stdin.buffer.read())  # alive, so the library stays loaded\n"
+              "    print('path', kernels.last_kernel_isa())\n"
+              "except Exception as error:\n"
+              "    print(error)\n")
+    result = subprocess.run([sys.executable, "-c", script], input=make_model("BinaryConv2d", CONV), capture_output=True,
+                            timeout=120, env={**os.environ, "BINARIZE_ISA": value})
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert expected in result.stdout.decode()

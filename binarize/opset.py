@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
            "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "definition", "conv_output_size", "MAX_SPATIAL",
@@ -96,6 +96,7 @@ class OpDefinition:
     semantics: str  # Markdown, for the operator page
     errors: str     # Markdown, for the operator page
     torch_op: str   # the PyTorch custom op (binarize.converters.ops) whose eager code is the reference
+    check_together: Optional[Callable[[str, Dict[str, AttributeValue]], None]] = None  # across attributes
     domain: str = DOMAIN
 
     @property
@@ -116,17 +117,22 @@ class OpDefinition:
                 raise ValueError(f"{self.name}: missing required attribute '{attribute.name}'")
             else:
                 result[attribute.name] = attribute.default
-        if self.name == "BinaryConv2d":
-            kernel_h, kernel_w = result["kernel_shape"]
-            if kernel_h * kernel_w * result["in_channels"] > MAX_REDUCTION:
-                raise ValueError(f"{self.name}: reduction size kernel_h * kernel_w * in_channels = {kernel_h} * "
-                                 f"{kernel_w} * {result['in_channels']} exceeds {MAX_REDUCTION}")
+        if self.check_together is not None:
+            self.check_together(self.name, result)
         return result
 
 
 def conv_output_size(size: int, pad_begin: int, pad_end: int, kernel: int, stride: int, dilation: int) -> int:
     """Output length of a convolution along one spatial axis (as ONNX Conv, floor rounding)."""
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_reduction_size(op: str, attributes: Dict[str, AttributeValue]) -> None:
+    """KH * KW * C within MAX_REDUCTION (the C++ library's check_reduction_size)."""
+    kernel_h, kernel_w = attributes["kernel_shape"]
+    if kernel_h * kernel_w * attributes["in_channels"] > MAX_REDUCTION:
+        raise ValueError(f"{op}: reduction size kernel_h * kernel_w * channels = {kernel_h} * {kernel_w} * "
+                         f"{attributes['in_channels']} exceeds {MAX_REDUCTION}")
 
 
 _OUTPUT_TRANSFORM = (
@@ -179,6 +185,7 @@ outside its limits; an attribute the operator does not have; `W` not of shape
 `X` not of rank 4 or with dimension 1 != `in_channels`; an input smaller than the dilated kernel
 (OH or OW < 1); a padded input image of more than 2^28 packed words.""",
     torch_op="binarize::binary_conv2d",
+    check_together=_check_reduction_size,
 )
 
 BINARY_LINEAR_V1 = OpDefinition(

@@ -38,7 +38,10 @@ def check_model(model: onnx.ModelProto, where: str = "the model") -> None:
     for node in _nodes(model.graph):
         if node.domain != opset.DOMAIN:
             continue
-        op = opset.definition(node.op_type, versions[0])
+        try:
+            op = opset.definition(node.op_type, versions[0])
+        except ValueError as error:
+            raise ValueError(f"{where}: node {node.name or node.output[0]!r}: {error}") from None
         unknown = [a.name for a in node.attribute if a.name not in op.attribute_names]
         if unknown:
             raise ValueError(f"{where}: node {node.name or node.output[0]!r} ({op.name} version {op.version}) has "

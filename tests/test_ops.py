@@ -99,6 +99,16 @@ def test_library_limits_are_the_definitions(op, name, value):
     assert str(expected.value) in str(actual.value)
 
 
+def test_library_reduction_limit_is_the_definition():
+    attributes = {"kernel_shape": [46341, 46341], "in_channels": 1}  # 46341^2 > 2^31 - 1
+    with pytest.raises(ValueError) as expected:
+        opset.definition("BinaryConv2d", 1).validate_attributes(attributes)
+    with pytest.raises(Exception) as actual:
+        plain_session(make_model("BinaryConv2d", [A(k, v) for k, v in attributes.items()], x_shape=(1, 1, 5, 5),
+                                 w_shape=(1, 1, 1, 1)))
+    assert str(expected.value) in str(actual.value)
+
+
 # ---- attribute types and unknown attributes -----------------------------------------------------
 
 @pytest.mark.parametrize("attributes, message", [
@@ -123,6 +133,12 @@ def test_conv_attribute_on_linear_is_refused_by_the_library():
 def test_unknown_attribute_is_refused_by_the_runtime():
     with pytest.raises(ValueError, match=r"unknown attribute\(s\) \['foo'\]"):
         runtime.session(make_model("BinaryConv2d", CONV + [A("foo", 1)]))
+
+
+def test_unknown_binarize_operator_is_refused_by_the_runtime():
+    with pytest.raises(ValueError, match=r"the model \(bytes\): node 'Y': binarize opset version 1 has no operator "
+                                         r"'BinaryConv3d'"):
+        runtime.session(make_model("BinaryConv3d", CONV))
 
 
 @pytest.mark.parametrize("version", [0, 2, 99])

@@ -16,7 +16,6 @@ passes build is tagged on the nodes (:mod:`binarize.tags`) for the exporter and 
 """
 from __future__ import annotations
 
-import inspect
 import operator
 import re
 import warnings
@@ -110,17 +109,9 @@ def _make_out_of_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_method" and node.target in _INPLACE_METHODS:
         node.target = node.target[:-1]
         return True
-    if node.op not in ("call_function", "call_method"):
-        return False
-    if node.kwargs.get("inplace") is True:
+    # F.relu(x, True) reaches the tracer as inplace=True too (torch.nn.functional passes it by keyword)
+    if node.op in ("call_function", "call_method") and node.kwargs.get("inplace") is True:
         node.kwargs = {**node.kwargs, "inplace": False}
-        return True
-    try:  # F.relu(x, True): the flag passed by position
-        position = list(inspect.signature(node.target).parameters).index("inplace")
-    except (TypeError, ValueError):  # builtins without a signature, functions without the flag
-        return False
-    if len(node.args) > position and node.args[position] is True:
-        node.args = (*node.args[:position], False, *node.args[position + 1:])
         return True
     return False
 

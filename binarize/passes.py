@@ -342,8 +342,8 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
                 new = sign_input(pre_activation, cursor)
                 for step in reversed(chain):  # clone the pass-through ops on the new value
                     with gm.graph.inserting_after(new):
-                        new = tag(gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n),
-                                  "sign_input_copy")
+                        copied = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
+                    new = tag(copied, "sign_input_copy")
             rewritten[original] = new
         node.replace_input_with(original, rewritten[original])
     gm.graph.eliminate_dead_code()

@@ -212,7 +212,8 @@ def alexnet_like() -> nn.Module:
     features = nn.Sequential(
         nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
         nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-        nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(32, 24, 3, padding=1), nn.ReLU(inplace=True))
+        nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 24, 3, padding=1), nn.ReLU(inplace=True))
     return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
 
 

@@ -10,7 +10,9 @@
    (sign(0) = +1), so the ReLU-like activation in front of it is replaced, for that layer only;
 6. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers.
 
-:func:`topological_sort` restores a valid node order after passes that add edges.
+:func:`topological_sort` restores a valid node order after passes that add edges. What a node is (a
+ReLU, a pass-through op, the BatchNorm after a layer) is decided by :mod:`binarize.matchers`; what the
+passes build is tagged on the nodes (:mod:`binarize.tags`) for the exporter and the trainer to read.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConvertConfig
+from .matchers import (commutes_with_relu, following_batchnorm, is_add, is_pass_through, is_relu_like,
+                       module_of)
+from .tags import tag
 
 
 class TraceError(RuntimeError):
@@ -88,22 +93,47 @@ def trace(model: nn.Module, leaf_modules: Sequence[Union[str, type]] = ()) -> fx
 
 
 # ------------------------------------------------------------------------------- disable_inplace
-_INPLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: F.relu}
+_INPLACE_FUNCTIONS = {torch.relu_: torch.relu, F.relu_: F.relu, F.hardtanh_: F.hardtanh,
+                      F.leaky_relu_: F.leaky_relu, F.elu_: F.elu, torch.clamp_: torch.clamp}
+_INPLACE_METHODS = {"relu_", "clamp_", "clamp_min_", "clamp_max_", "hardtanh_", "sigmoid_", "tanh_"}
+
+
+def _make_out_of_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Rewrite ``node`` to its out-of-place form if it is an in-place activation; True if it was one.
+    (A module's own ``inplace`` flag is switched off by :func:`disable_inplace` afterwards.)"""
+    if node.op == "call_module":
+        return getattr(gm.get_submodule(node.target), "inplace", False) is True
+    if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
+        node.target = _INPLACE_FUNCTIONS[node.target]
+        return True
+    if node.op == "call_method" and node.target in _INPLACE_METHODS:
+        node.target = node.target[:-1]
+        return True
+    # F.relu(x, True) reaches the tracer as inplace=True too (torch.nn.functional passes it by keyword)
+    if node.op in ("call_function", "call_method") and node.kwargs.get("inplace") is True:
+        node.kwargs = {**node.kwargs, "inplace": False}
+        return True
+    return False
 
 
 def disable_inplace(gm: fx.GraphModule) -> None:
     """Make every activation out-of-place: the new shortcut and sign-input nodes read tensors
-    that an in-place ReLU further down the graph would otherwise overwrite."""
+    that an in-place ReLU further down the graph would otherwise overwrite.
+
+    An in-place op changes its input for everything that reads it afterwards, whether or not its
+    result is used (``x.relu_()`` or ``F.relu(x, inplace=True)`` written as a statement). Its
+    out-of-place form does not, so the later readers of the input are rewired to read its result."""
+    order = {node: index for index, node in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        if not _make_out_of_place(gm, node) or not node.args or not isinstance(node.args[0], fx.Node):
+            continue
+        source = node.args[0]
+        for user in list(source.users):
+            if order[user] > order[node]:
+                user.replace_input_with(source, node)
     for module in gm.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False
-    for node in gm.graph.nodes:
-        if node.op == "call_function" and node.target in _INPLACE_FUNCTIONS:
-            node.target = _INPLACE_FUNCTIONS[node.target]
-        if node.op == "call_method" and node.target in ("relu_", "clamp_", "hardtanh_"):
-            node.target = node.target[:-1]
-        if node.op in ("call_function", "call_method") and node.kwargs.get("inplace"):
-            node.kwargs = {**node.kwargs, "inplace": False}
 
 
 # -------------------------------------------------------------------------------- plan
@@ -121,32 +151,17 @@ class LayerPlan:
         return "\n".join(lines)
 
 
-_ADDS = {operator.add, torch.add}
-
-
-def _module(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
-    return gm.get_submodule(node.target) if node.op == "call_module" else None
-
-
-def _is_add(node: fx.Node) -> bool:
-    return ((node.op == "call_function" and node.target in _ADDS)
-            or (node.op == "call_method" and node.target in ("add", "add_")))
-
-
 def _is_shortcut_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
     """A 1x1 conv on a shortcut branch (ResNet's downsample): its output, through an optional
     BatchNorm, is added to something, and its input also feeds another convolution."""
-    conv = _module(gm, node)
+    conv = module_of(gm, node)
     if tuple(conv.kernel_size) != (1, 1):
         return False
-    out = node
-    users = list(out.users)
-    if len(users) == 1 and isinstance(_module(gm, users[0]), nn.modules.batchnorm._BatchNorm):
-        out = users[0]
-    if not any(_is_add(u) for u in out.users):
+    out = following_batchnorm(gm, node) or node
+    if not any(is_add(u) for u in out.users):
         return False
     source = node.args[0]
-    return any(u is not node and isinstance(_module(gm, u), nn.Conv2d) for u in source.users)
+    return any(u is not node and isinstance(module_of(gm, u), nn.Conv2d) for u in source.users)
 
 
 def _excluded_by_name(name: str, patterns: Sequence[str]) -> bool:
@@ -168,16 +183,16 @@ def plan_binary_layers(gm: fx.GraphModule, config: ConvertConfig) -> LayerPlan:
     if unknown:
         raise ValueError(f"exclude: no module named {unknown} in the model")
     candidates = [n for n in gm.graph.nodes
-                  if isinstance(_module(gm, n), (nn.Conv2d, nn.Linear))
-                  and not isinstance(_module(gm, n), BinaryLayer)]
-    convs = [n for n in candidates if isinstance(_module(gm, n), nn.Conv2d)]
+                  if isinstance(module_of(gm, n), (nn.Conv2d, nn.Linear))
+                  and not isinstance(module_of(gm, n), BinaryLayer)]
+    convs = [n for n in candidates if isinstance(module_of(gm, n), nn.Conv2d)]
     first = convs[0] if convs else None
     last = candidates[-1] if candidates else None
 
     plan = LayerPlan()
     seen = set()
     for node in candidates:
-        name, module = node.target, _module(gm, node)
+        name, module = node.target, module_of(gm, node)
         if name in seen:  # a module called more than once: decided at its first call
             continue
         seen.add(name)
@@ -211,23 +226,16 @@ def _keeps_spatial_size(conv: nn.Conv2d) -> bool:
     return all(2 * p == d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size))
 
 
-def _following_batchnorm(gm: fx.GraphModule, node: fx.Node) -> fx.Node:
-    users = list(node.users)
-    if len(users) == 1 and isinstance(_module(gm, users[0]), nn.modules.batchnorm._BatchNorm):
-        return users[0]
-    return node
-
-
 def _existing_downsample(gm: fx.GraphModule, node: fx.Node, conv: nn.Conv2d,
                          binary: set) -> Optional[fx.Node]:
     """A float 1x1 conv (+BN) branch that reads the same input and gives the same output shape."""
     for user in node.args[0].users:
-        other = _module(gm, user)
+        other = module_of(gm, user)
         if (user is not node and user.target not in binary and isinstance(other, nn.Conv2d)
                 and tuple(other.kernel_size) == (1, 1) and other.groups == 1
                 and tuple(other.padding) == (0, 0) and tuple(other.stride) == tuple(conv.stride)
                 and other.in_channels == conv.in_channels and other.out_channels == conv.out_channels):
-            return _following_batchnorm(gm, user)
+            return following_batchnorm(gm, user) or user
     return None
 
 
@@ -251,7 +259,7 @@ def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
     binary_set = set(binary)
     added = []
     for node in list(gm.graph.nodes):
-        conv = _module(gm, node)
+        conv = module_of(gm, node)
         if node.target not in binary_set or not isinstance(conv, nn.Conv2d):
             continue
         if not _keeps_spatial_size(conv):
@@ -259,7 +267,7 @@ def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
                           f"the spatial size for kernel {conv.kernel_size}, so no shortcut can match it")
             continue
         source = node.args[0]
-        out = _following_batchnorm(gm, node)
+        out = following_batchnorm(gm, node) or node
         if tuple(conv.stride) == (1, 1) and conv.in_channels == conv.out_channels:
             shortcut = source
         else:
@@ -269,47 +277,15 @@ def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
                 gm.add_submodule(name, _new_downsample(conv))
                 added.append(name)
                 with gm.graph.inserting_after(source):
-                    shortcut = gm.graph.call_module(name, (source,))
+                    shortcut = tag(gm.graph.call_module(name, (source,)), "double_skip")
         with gm.graph.inserting_after(out):
-            summed = gm.graph.call_function(operator.add, (out, shortcut))
+            summed = tag(gm.graph.call_function(operator.add, (out, shortcut)), "double_skip_add")
         out.replace_all_uses_with(summed, delete_user_cb=lambda user: user is not summed)
     topological_sort(gm.graph)
     return added
 
 
 # -------------------------------------------------------------------------- sign inputs
-_RELU_MODULES = (nn.ReLU, nn.ReLU6)
-_RELU_FUNCTIONS = {F.relu, torch.relu, F.relu6}
-# Ops that carry a ReLU's non-negativity through to a binary layer's input: the ReLU in front
-# of them must be replaced too (e.g. ReLU -> MaxPool -> conv in VGG and the ResNet stem).
-_PASS_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-                 nn.Dropout, nn.Identity, nn.Flatten)
-_PASS_FUNCTIONS = {torch.flatten, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d,
-                   F.adaptive_max_pool2d, F.dropout}
-_PASS_METHODS = {"flatten", "view", "reshape"}
-# The subset that commutes with a monotone non-decreasing activation f: op(f(z)) == f(op(z)).
-_COMMUTING_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten)
-_COMMUTING_FUNCTIONS = {torch.flatten, F.max_pool2d, F.adaptive_max_pool2d}
-
-
-def _is_relu(gm, node) -> bool:
-    return (isinstance(_module(gm, node), _RELU_MODULES)
-            or (node.op == "call_function" and node.target in _RELU_FUNCTIONS)
-            or (node.op == "call_method" and node.target == "relu"))
-
-
-def _is_pass_through(gm, node) -> bool:
-    return (isinstance(_module(gm, node), _PASS_MODULES)
-            or (node.op == "call_function" and node.target in _PASS_FUNCTIONS)
-            or (node.op == "call_method" and node.target in _PASS_METHODS))
-
-
-def _commutes_with_relu(gm, node) -> bool:
-    return (isinstance(_module(gm, node), _COMMUTING_MODULES)
-            or (node.op == "call_function" and node.target in _COMMUTING_FUNCTIONS)
-            or (node.op == "call_method" and node.target in _PASS_METHODS))
-
-
 def _sign_input_activation(kind: str) -> Optional[nn.Module]:
     if kind == "hardtanh":
         return nn.Hardtanh()
@@ -339,7 +315,7 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
         gm.add_submodule(name, module)
         added.append(name)
         with gm.graph.inserting_after(value):
-            return gm.graph.call_module(name, (value,))
+            return tag(gm.graph.call_module(name, (value,)), "sign_input")
 
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or node.target not in binary_set:
@@ -347,17 +323,18 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
         original = node.args[0]
         if original not in rewritten:
             chain, cursor = [], original
-            while _is_pass_through(gm, cursor) and cursor.args and isinstance(cursor.args[0], fx.Node):
+            while is_pass_through(gm, cursor) and cursor.args and isinstance(cursor.args[0], fx.Node):
                 chain.append(cursor)
                 cursor = cursor.args[0]
-            if not _is_relu(gm, cursor):
+            if not is_relu_like(gm, cursor):
                 continue
             pre_activation = cursor.args[0]
             single_path = all(len(n.users) == 1 for n in [cursor, *chain[1:]])
-            if chain and single_path and all(_commutes_with_relu(gm, n) for n in chain):
+            if chain and single_path and all(commutes_with_relu(gm, n) for n in chain):
                 chain[-1].replace_input_with(cursor, pre_activation)  # the ops now read z
                 with gm.graph.inserting_after(original):
-                    float_value = gm.graph.node_copy(cursor, lambda n: original if n is pre_activation else n)
+                    float_value = tag(gm.graph.node_copy(cursor, lambda n: original if n is pre_activation else n),
+                                      "moved_relu")
                 new = sign_input(original, cursor)
                 original.replace_all_uses_with(float_value, delete_user_cb=lambda user: user not in (
                     float_value, new) and not (user.op == "call_module" and user.target in binary_set))
@@ -365,7 +342,8 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
                 new = sign_input(pre_activation, cursor)
                 for step in reversed(chain):  # clone the pass-through ops on the new value
                     with gm.graph.inserting_after(new):
-                        new = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
+                        copied = gm.graph.node_copy(step, lambda n, step=step, new=new: new if n is step.args[0] else n)
+                    new = tag(copied, "sign_input_copy")
             rewritten[original] = new
         node.replace_input_with(original, rewritten[original])
     gm.graph.eliminate_dead_code()
@@ -375,13 +353,19 @@ def rewrite_sign_inputs(gm: fx.GraphModule, binary: Sequence[str], activation: s
 
 # ------------------------------------------------------------------------------------ swap
 def swap_binary_layers(gm: fx.GraphModule, binary: Sequence[str], method, config: ConvertConfig) -> None:
-    """Replace each planned module by ``method``'s binary layer, built from its float weights."""
+    """Replace each planned module by ``method``'s binary layer, built from its float weights, and
+    tag every call of one with the BatchNorm after it (:func:`binarize.matchers.following_batchnorm`)."""
     for name in binary:
         old = gm.get_submodule(name)
         new = method.conv(old, config) if isinstance(old, nn.Conv2d) else method.linear(old, config)
         new.train(old.training)
         parent_name, _, child = name.rpartition(".")
         setattr(gm.get_submodule(parent_name) if parent_name else gm, child, new)
+    binary_set = set(binary)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in binary_set:
+            bn = following_batchnorm(gm, node)
+            tag(node, "binary_layer", batchnorm=bn.target if bn is not None else None)
 
 
 # ------------------------------------------------------------------------- topological sort

@@ -4,11 +4,13 @@ Three steps:
 
 1. :func:`prepare` - on a copy of the model in eval mode, every binary layer becomes a
    :class:`~binarize.converters.ops.PackedBinaryConv2d` / ``PackedBinaryLinear`` holding its packed
-   signs, multiplier and bias (packed once, here). A BatchNorm that directly follows a binary conv
-   (the conv's only consumer, running statistics) is folded into the multiplier and bias. CBCN's
-   layers keep it: their conv output is max-reduced over orientations first, and a BatchNorm with a
-   negative scale does not commute with a max. A Hardtanh that only feeds binary layers is dropped
-   (they read only its sign, which it preserves).
+   signs, multiplier and bias (packed once, here). The BatchNorm after a binary conv (the one
+   ``convert`` tagged, :mod:`binarize.tags`; in a hand-built model the conv's only consumer, the rule of
+   :mod:`binarize.matchers`), if it is a BatchNorm2d with running statistics, is folded into the
+   multiplier and bias. CBCN's layers keep it: their conv output is max-reduced over orientations
+   first, and a BatchNorm with a negative scale does not commute with a max. The Hardtanh ``convert``
+   put in front of binary layers is dropped where it only feeds them (they read only its sign, which
+   it preserves); in a hand-built model, every such Hardtanh.
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
@@ -30,6 +32,8 @@ from torch import nn
 
 from binarize.checkpoint import atomic_write
 from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
+from binarize.matchers import module_of, preserves_sign
+from binarize.tags import batchnorm_after, is_sign_input, is_tagged
 
 from .ops import ONNX_TRANSLATIONS, PackedBinaryConv2d, PackedBinaryLinear
 from .schemas import register_schemas
@@ -79,13 +83,14 @@ def _conv_pads(layer: BinaryConv2d) -> Tuple[int, int, int, int]:
 
 
 def _foldable_batchnorm(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
-    """The BatchNorm2d node that is the only consumer of ``node`` and normalizes with running statistics."""
-    users = list(node.users)
-    if len(users) != 1 or users[0].op != "call_module":
+    """The BatchNorm after the binary conv ``node`` (:func:`binarize.tags.batchnorm_after`) when it can
+    be folded into the conv: a BatchNorm2d with running statistics that is the conv's only consumer."""
+    bn_node = batchnorm_after(gm, node)
+    if bn_node is None or list(node.users) != [bn_node]:
         return None
-    bn = gm.get_submodule(users[0].target)
+    bn = gm.get_submodule(bn_node.target)
     uses_running_stats = bn.running_mean is not None and bn.running_var is not None
-    return users[0] if isinstance(bn, nn.BatchNorm2d) and uses_running_stats else None
+    return bn_node if isinstance(bn, nn.BatchNorm2d) and uses_running_stats else None
 
 
 def _export_weight(name: str, layer: BinaryLayer) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -138,15 +143,15 @@ def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
 
 
 def _drop_sign_preserving_clips(gm: fx.GraphModule) -> None:
-    """Remove a Hardtanh whose every consumer is a packed binary layer: the layer only reads the
-    sign of its input, and Hardtanh(-a, b) with a, b > 0 keeps every sign (sign(0) = +1), so the
+    """Remove a sign-input activation (:func:`binarize.tags.is_sign_input`: in a converted model the
+    Hardtanh convert put there) whose every consumer is a packed binary layer: the layer only reads
+    the sign of its input, and Hardtanh(-a, b) with a, b > 0 keeps every sign (sign(0) = +1), so the
     Clip would be computed for nothing at run time."""
     packed = (PackedBinaryConv2d, PackedBinaryLinear)
+    tagged = is_tagged(gm.graph)
     for node in list(gm.graph.nodes):
-        module = gm.get_submodule(node.target) if node.op == "call_module" else None
-        if (isinstance(module, nn.Hardtanh) and module.min_val < 0 < module.max_val and node.users
-                and all(u.op == "call_module" and isinstance(gm.get_submodule(u.target), packed)
-                        for u in node.users)):
+        if (node.op == "call_module" and is_sign_input(gm, node, tagged) and preserves_sign(module_of(gm, node))
+                and node.users and all(isinstance(module_of(gm, user), packed) for user in node.users)):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
@@ -204,6 +209,11 @@ def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPS
             output_names: Optional[Sequence[str]] = None) -> onnx.ModelProto:
     """The ONNX model of ``model`` (see :func:`export`), checked, without writing a file."""
     args = _example_args(example_input)
+    if dynamic_batch:
+        # torch.export specializes an axis whose example size is 1 even when it is declared dynamic,
+        # wherever the trace reads that size (nn.MultiheadAttention's reshapes): the graph would then
+        # run at batch 1 only. Two copies of a batch-1 example keep the batch axis symbolic.
+        args = tuple(torch.cat([a, a]) if a.dim() and a.shape[0] == 1 else a for a in args)
     prepared = prepare(model)
     register_schemas()  # the exporter builds the custom nodes from the registered schemas
     dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} for _ in args) if dynamic_batch else None

@@ -111,6 +111,46 @@ def test_plain_net_structure_matches_bireal_double_skip_by_hand():
         assert torch.allclose(bnn(x), expected, atol=1e-5)
 
 
+class InplaceStatementNet(nn.Module):
+    """A ReLU applied in place as a statement (its result unused), read by a binary conv and by a float
+    residual addition; ``form`` picks how the statement is written."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        self.form = form
+        self.conv0, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.act = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        z = self.bn0(self.conv0(x))
+        if self.form == "method":
+            z.relu_()
+        elif self.form == "functional":
+            nn.functional.relu(z, inplace=True)
+        elif self.form == "positional":
+            nn.functional.relu(z, True)
+        else:
+            self.act(z)
+        return self.fc((self.conv1(z) + z).mean((2, 3)))
+
+
+@pytest.mark.parametrize("form", ["method", "functional", "positional", "module"])
+def test_inplace_relu_statement_still_rectifies_for_the_float_consumers(form):
+    torch.manual_seed(0)
+    model = InplaceStatementNet(form).eval()
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        z = model.bn0(model.conv0(x))
+        assert torch.equal(model(x), model.fc((model.conv1(z.relu()) + z.relu()).mean((2, 3))))
+        bnn = binarize.convert(model, "xnor", double_skip=False).eval()
+        assert bnn.binarize_plan.binary == ["conv1"]
+        # the binary conv reads hardtanh(z) in place of relu(z); the residual keeps relu(z)
+        expected = bnn.fc((bnn.conv1(nn.functional.hardtanh(z)) + z.relu()).mean((2, 3)))
+        assert torch.allclose(bnn(x), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("activation", ["hardtanh", "prelu", "identity"])
 def test_binary_layers_see_both_signs(torchvision_models, activation):
     bnn = binarize.convert(torchvision_models["resnet18"], "xnor", activation=activation).eval()

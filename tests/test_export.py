@@ -92,9 +92,9 @@ CASES = {
 }
 
 
-def binarized(case: str, method: str, seed: int = 0):
-    """(eval-mode binary model, input batch of 8) for a case, reproducible from ``seed``."""
-    build, size, options = CASES[case]
+def binarized(case: str, method: str, seed: int = 0, cases=CASES):
+    """(eval-mode binary model, input batch of 8) for a case of ``cases``, reproducible from ``seed``."""
+    build, size, options = cases[case]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     bnn = binarize.convert(trained_batchnorms(build(), generator), method, **options)
@@ -164,14 +164,21 @@ def test_exported_model_matches_pytorch(case, method, tmp_path):
     clips_feeding_binary = [n.name for n in model.graph.node if n.op_type == "Clip" and n.output[0] in binary_inputs]
     assert not clips_feeding_binary, "a Clip computed only for its sign should have been dropped"
 
+    assert_runtime_matches_pytorch(model, bnn, x, f"{case}/{method}")
+
+
+def assert_runtime_matches_pytorch(model: onnx.ModelProto, bnn: nn.Module, x: torch.Tensor, label: str) -> None:
+    """ORT's output of the exported ``model`` on ``x`` equals PyTorch's eval output (module docstring:
+    ties), within RELATIVE_TOLERANCE and with the same top-1."""
     with_inputs = binary_inputs_as_outputs(model)
     actual, *runtime_inputs = session(with_inputs, threads=1).run(None, {model.graph.input[0].name: x.numpy()})
     expected, ties = pytorch_with_ties_resolved(bnn, x, runtime_inputs)
     if ties:  # legitimate but worth seeing: each one changes PyTorch's output a lot
-        warnings.warn(f"{case}/{method}: rounding ties binarized as in ONNX Runtime:\n" + "\n".join(ties))
+        warnings.warn(f"{label}: rounding ties binarized as in ONNX Runtime:\n" + "\n".join(ties))
+    assert actual.shape == expected.shape
     error = float(np.abs(actual - expected).max() / np.abs(expected).max())
-    assert error <= RELATIVE_TOLERANCE, f"max relative error {error:.3g}"
-    np.testing.assert_array_equal(actual.argmax(1), expected.argmax(1), err_msg="top-1 differs")
+    assert error <= RELATIVE_TOLERANCE, f"{label}: max relative error {error:.3g}"
+    np.testing.assert_array_equal(actual.argmax(1), expected.argmax(1), err_msg=f"{label}: top-1 differs")
 
 
 def test_export_leaves_the_model_unchanged():
@@ -198,6 +205,70 @@ def test_hand_built_model_folds_the_batchnorm_after_a_binary_conv(tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.abs(actual - expected).max() <= RELATIVE_TOLERANCE * np.abs(expected).max()
+
+
+def alexnet_like() -> nn.Module:
+    """torchvision's AlexNet layout at a tenth of its widths: conv -> ReLU -> conv, no BatchNorm."""
+    features = nn.Sequential(
+        nn.Conv2d(3, 16, 5, stride=2, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(16, 24, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
+        nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(32, 24, 3, padding=1), nn.ReLU(inplace=True))
+    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+
+
+def vgg11_like() -> nn.Module:
+    """torchvision's VGG feature builder (conv -> ReLU -> max-pool -> conv, no BatchNorm), narrow."""
+    features = torchvision.models.vgg.make_layers([16, "M", 32, "M", 32, 32, "M"], batch_norm=False)
+    return nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def mobilenet_v3_small() -> nn.Module:
+    """torchvision's, at a quarter width; its squeeze-excitation convs (conv -> ReLU -> conv) have no
+    BatchNorm. Their biases get trained-like values: a zero bias puts outputs exactly on the sign tie."""
+    model = torchvision.models.mobilenet_v3_small(num_classes=10, width_mult=0.25)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d) and module.bias is not None:
+                module.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+# Binary convs that no BatchNorm follows (issue 13): export used to read a running_mean off the next module.
+NO_BATCHNORM_CASES = {
+    "vgg11": (vgg11_like, 32, {"double_skip": False}),
+    "alexnet": (alexnet_like, 40, {"double_skip": False}),
+    "mobilenet_v3_small": (mobilenet_v3_small, 32, {}),
+}
+
+
+@pytest.mark.parametrize("case, method", [("vgg11", m) for m in METHODS] + [("alexnet", "xnor"),
+                                                                         ("mobilenet_v3_small", "xnor")])
+def test_binary_conv_without_batchnorm_exports_and_matches_pytorch(case, method, tmp_path):
+    bnn, x = binarized(case, method, cases=NO_BATCHNORM_CASES)
+    model = onnx.load(binarize.export(bnn, tmp_path / f"{case}-{method}.onnx", x[:1]))
+    assert sum(node.domain == "binarize" for node in model.graph.node) == len(list(binarize.binary_layers(bnn)))
+    assert_runtime_matches_pytorch(model, bnn, x, f"{case}/{method}")
+
+
+def test_vit_exported_with_batch_1_runs_at_any_batch(tmp_path):
+    """torch.export fixes an axis whose example size is 1 wherever the trace reads it (attention's
+    reshapes); the README promises a dynamic batch whatever the example's batch."""
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=1, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32, num_classes=10)
+    with torch.no_grad():  # torchvision starts the head at 0 (every output 0) and biases at ~0 (sign ties)
+        nn.init.normal_(vit.heads.head.weight)
+        for module in vit.modules():
+            if isinstance(module, nn.Linear):
+                module.bias.uniform_(-0.5, 0.5)
+    bnn = binarize.convert(vit, "xnor", binarize_linear=True).eval()
+    assert len(list(binarize.binary_layers(bnn))) == 2  # the encoder's MLP
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = onnx.load(binarize.export(bnn, tmp_path / "vit.onnx", x[:1]))
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param  # a free batch axis
+    for batch in (1, 3):
+        assert_runtime_matches_pytorch(model, bnn, x[:batch], f"vit at batch {batch}")
 
 
 def test_binarized_resnet18_file_is_ten_times_smaller(tmp_path):

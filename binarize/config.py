@@ -126,10 +126,10 @@ class ConvertConfig(VersionedConfig):
             value = getattr(self, name)
             if value not in ESTIMATORS:
                 raise ValueError(f"{name}={value!r}: expected one of {sorted(ESTIMATORS)}")
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
-        if isinstance(self.exclude_types, type):
-            self.exclude_types = (self.exclude_types,)
+        # tuples, also when plain data's lists come back
+        self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        self.exclude_types = (self.exclude_types,) if isinstance(self.exclude_types, type) else tuple(self.exclude_types)
+        self.leaf_modules = tuple(self.leaf_modules)
         for t in self.exclude_types:
             if not (isinstance(t, type) and issubclass(t, nn.Module)):
                 raise TypeError(f"exclude_types entry {t!r} is not an nn.Module subclass")

@@ -277,11 +277,23 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
            "finetune": {"epochs": 2, "steps_per_epoch": 4, "center_loss_weight": 0.01, "bn_refresh": False}}
     one = _run_worker(dict(run, run_dir=str(tmp_path / "one")), torchrun_procs=1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run_worker(dict(run, run_dir=str(tmp_path / "two")), torchrun_procs=2)
+    two = _run_worker(dict(run, run_dir=str(tmp_path / "two"), dump_rng="trained"), torchrun_procs=2)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
     assert b["world_size"] == 2
     _assert_same_training_state(a, b, exact=False, atol=1e-5)
+
+    # Every rank saves its own random state (the ranks are seeded seed + rank, so they differ) ...
+    assert len(b["rng"]) == 2
+    for rank in range(2):
+        assert torch.equal(b["rng"][rank]["torch"], torch.load(tmp_path / "two" / f"trained-rank{rank}.pt"))
+    assert not torch.equal(b["rng"][0]["torch"], b["rng"][1]["torch"])
+    # ... and gets it back on resume (the run is finished: resuming restores and trains nothing).
+    again = _run_worker(dict(run, run_dir=str(tmp_path / "two"), resume=str(tmp_path / "two"), dump_rng="resumed"),
+                        torchrun_procs=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for rank in range(2):
+        assert torch.equal(torch.load(tmp_path / "two" / f"resumed-rank{rank}.pt"), b["rng"][rank]["torch"])
 
 
 # ------------------------------------------------------------------------------------ it learns

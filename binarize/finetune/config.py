@@ -86,8 +86,11 @@ class FinetuneConfig(VersionedConfig):
             raise ValueError("epochs and stage1_epochs must be >= 0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch={self.steps_per_epoch}: expected a positive number or None")
-        if isinstance(self.gan_features, str) and self.gan_features != "auto":
-            self.gan_features = (self.gan_features,)
+        if isinstance(self.gan_features, str):
+            if self.gan_features != "auto":
+                self.gan_features = (self.gan_features,)
+        else:  # a tuple, as plain data's lists come back
+            self.gan_features = tuple(self.gan_features)
 
 
 FinetuneConfig.__doc__ += field_docs(FinetuneConfig) + "\n"

@@ -12,7 +12,7 @@ File layout (``kind: "finetune"``): the header (``format``, ``kind``, ``version`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 

@@ -93,7 +93,8 @@ class FinetuneConfig(VersionedConfig):
             self.gan_features = tuple(self.gan_features)
 
 
-FinetuneConfig.__doc__ += field_docs(FinetuneConfig) + "\n"
+# The fields' help texts are the one source of their documentation (also of `binarize finetune --help`).
+FinetuneConfig.__doc__ = FinetuneConfig.__doc__.rstrip(" ") + field_docs(FinetuneConfig) + "\n"
 
 #: What a field left at None means when the student's method gives no default.
 OFF = {"center_loss_weight": 0.0, "bn_refresh": False}

@@ -17,7 +17,6 @@ target (``os.replace`` is atomic), so a crash never leaves a half-written checkp
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import importlib.util
 import os
@@ -169,10 +168,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------- models, weights
 
-def _type_name(t: type) -> str:
-    return f"{t.__module__}:{t.__qualname__}"
-
-
 def _import_object(spec: str, what: str) -> Any:
     """``package.module:name`` or ``path/to/file.py:name`` -> the object."""
     module_name, sep, attr = spec.partition(":")
@@ -256,24 +251,13 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], path: PathLike)
 # ------------------------------------------------------------------------------------- recipes
 
 def config_to_data(config: ConvertConfig) -> Dict[str, Any]:
-    """A conversion config as plain data (types become ``"module:QualName"`` strings)."""
-    options = {}
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, (list, tuple)):
-            value = [_type_name(v) if isinstance(v, type) else v for v in value]
-        options[field.name] = value
-    return {"method": config.method, "options": options}
+    """A conversion config as plain data (:meth:`binarize.config.VersionedConfig.to_data`)."""
+    return {"method": config.method, "options": config.to_data()}
 
 
 def config_from_data(data: Dict[str, Any]) -> ConvertConfig:
     spec = get_method(data["method"])
-    options = dict(data["options"])
-    for key in ("exclude_types", "leaf_modules"):
-        if key in options:
-            options[key] = tuple(_import_object(v, key) if isinstance(v, str) and ":" in v else v
-                                 for v in options[key])
-    return spec.config(**options)
+    return spec.config.from_data(data["options"], lambda v, key: _import_object(v, key))
 
 
 def make_recipe(model: str, convert_config: ConvertConfig, weights: Optional[PathLike] = None,

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from .finetune.config import cli_options
 
 MODEL_HELP = ("the float model: 'torchvision:NAME' (architecture only; nothing is downloaded), "
               "'package.module:factory' or 'path/to/file.py:factory'")
@@ -102,10 +103,11 @@ def cmd_convert(args) -> None:
 def cmd_finetune(args) -> None:
     from .datasets import make_loaders
     from .finetune import FinetuneConfig, finetune, init_distributed
+    from .finetune.state import read_training_state
 
     rank, world = init_distributed()
     if args.resume:
-        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(args.resume), "finetune")
+        state = read_training_state(ckpt.latest_checkpoint(args.resume))
         recipe = state["recipe"]
         if not recipe or "data" not in recipe:
             raise ValueError(f"{args.resume}: the checkpoint has no recipe with the data settings; resume it "
@@ -113,7 +115,7 @@ def cmd_finetune(args) -> None:
         config_data = dict(state["config"], resume=str(args.resume), progress=not args.quiet)
         if args.device:
             config_data["device"] = args.device
-        config = FinetuneConfig(**config_data)
+        config = FinetuneConfig.from_data(config_data)
         data = recipe["data"]
         teacher, student = ckpt.build_from_recipe(recipe)
     else:
@@ -140,7 +142,7 @@ def cmd_finetune(args) -> None:
                 "num_workers": args.workers, "seed": args.seed}
         recipe = ckpt.make_recipe(args.model, student.binarize_config, args.weights,
                                   **_key_values(args.model_arg, "--model-arg"))
-        overrides = {name: getattr(args, name) for name in _FINETUNE_OPTIONS if getattr(args, name) is not None}
+        overrides = {name: getattr(args, name) for name in cli_options() if getattr(args, name) is not None}
         config = FinetuneConfig(run_dir=args.run_dir, seed=args.seed, deterministic=args.deterministic,
                                 device=args.device, progress=not args.quiet, recipe=recipe, **overrides)
     train_loader, val_loader, info = make_loaders(
@@ -250,27 +252,6 @@ def run_evidence_report(report_args: List[str]) -> int:
 
 # -------------------------------------------------------------------------------------- parser
 
-#: FinetuneConfig fields exposed as --options: name -> (type, help).
-_FINETUNE_OPTIONS = {
-    "epochs": (int, "epochs of the binary stage (default 10)"),
-    "lr": (float, "initial learning rate of the binary stage (default 0.01)"),
-    "stage1_epochs": (int, "BiPer stage-1 epochs (real-valued weights); default: as many as --epochs"),
-    "stage1_lr": (float, "BiPer stage-1 learning rate (default 0.1)"),
-    "warmup_epochs": (float, "linear warm-up at the start of each stage, in epochs (default 0)"),
-    "optimizer": (str, "'sgd' (momentum 0.9, default) or 'adam'"),
-    "weight_decay": (float, "on conv/linear weights only (default 1e-4)"),
-    "steps_per_epoch": (int, "use only the first N batches of each epoch (quick runs)"),
-    "kd_weight": (float, "weight of logit distillation from the teacher (default 1; 0 turns it off)"),
-    "kd_temperature": (float, "distillation temperature (default 4)"),
-    "gan_weight": (float, "lambda2 of RBCN's adversarial feature loss (default 0.01; 0 turns the discriminators off)"),
-    "gan_lr": (float, "the discriminators' Adam learning rate (default 1e-4)"),
-    "rbcn_c_lr": (float, "learning rate of RBCN's matrices C (default 0.01)"),
-    "center_loss_weight": (float, "CBCN center loss weight (default: 0.01 for cbcn, else off)"),
-    "checkpoint_every": (int, "also checkpoint every N steps (default: at epoch ends only)"),
-    "keep_checkpoints": (int, "how many training checkpoints to keep (default 3)"),
-}
-
-
 def _add_model_options(parser: argparse.ArgumentParser, method_default: Optional[str] = "biper") -> None:
     parser.add_argument("--weights", metavar="FILE", help="float weights (a state_dict file) to start from")
     parser.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
@@ -320,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on GPU)")
     p.add_argument("--device", help="e.g. cpu or cuda:0 (default: the GPU of this process if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    for name, (kind, text) in _FINETUNE_OPTIONS.items():
+    for name, (kind, text) in cli_options().items():  # the FinetuneConfig fields, documented there
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=text)
     p.set_defaults(run=cmd_finetune)
 

@@ -1,16 +1,88 @@
-"""Conversion options shared by every method; each method's config subclasses :class:`ConvertConfig`."""
+"""Config dataclasses: the one path to and from plain data (with a format version) that every
+config uses, and the conversion options shared by every method (each method's config subclasses
+:class:`ConvertConfig`)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Sequence, Tuple, Union
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
 ACTIVATIONS = ("hardtanh", "prelu", "identity")
 
 
+class ConfigVersionError(ValueError):
+    """Plain data of a config written in another format version than this binarize reads."""
+
+
+def _type_name(t: type) -> str:
+    return f"{t.__module__}:{t.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, type):
+        return _type_name(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class VersionedConfig:
+    """Mixin of every config dataclass: ``version`` (a class constant, raised when the meaning or
+    set of fields changes) and the one way to and from plain data (numbers, strings, lists, dicts)
+    that checkpoints store. Fields declared with ``metadata={"types": True}`` hold classes, stored
+    as ``"module:QualName"`` strings."""
+
+    version: ClassVar[int] = 1
+
+    def to_data(self) -> Dict[str, Any]:
+        data = {"version": self.version}
+        for f in fields(self):
+            data[f.name] = _plain(getattr(self, f.name))
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], import_object: Optional[Callable[[str, str], Any]] = None):
+        """The config ``to_data`` gave. Data without a ``version`` entry predates versioned configs
+        and is read as version 1 (the same fields). ``import_object(spec, field_name)`` turns a stored
+        class name back into the class (:mod:`binarize.checkpoint` passes its importer)."""
+        options = dict(data)
+        version = options.pop("version", 1)
+        if version != cls.version:
+            raise ConfigVersionError(f"{cls.__name__} data of version {version!r}: this binarize reads "
+                                     f"version {cls.version}")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigVersionError(f"{cls.__name__} version {version} data has unknown field(s) {unknown}")
+        for name, value in options.items():
+            if known[name].metadata.get("types") and value is not None:
+                if import_object is None:
+                    raise ValueError(f"{cls.__name__}.{name} holds classes: from_data needs import_object")
+                options[name] = tuple(import_object(v, name) if isinstance(v, str) and ":" in v else v
+                                      for v in value)
+        return cls(**options)
+
+
+def option(default: Any, help: str, *, cli: bool = True) -> Field:
+    """A documented config field: ``help`` is its documentation (docstring, ``--help``) and ``cli``
+    whether the command line offers it as ``--name`` (False: it has a dedicated option, or none)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
+
+
+def field_docs(cls: type) -> str:
+    """The per-field documentation of a dataclass built with :func:`option`, as docstring lines."""
+    lines = []
+    for f in fields(cls):
+        default = "" if f.default is MISSING else f" (default {f.default!r})"
+        lines.append(f"    - ``{f.name}``{default}: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
 @dataclass
-class ConvertConfig:
+class ConvertConfig(VersionedConfig):
     """Which layers become binary and how the graph around them is rewritten.
 
     Fields (all overridable as keyword arguments of :func:`binarize.convert`):
@@ -35,10 +107,10 @@ class ConvertConfig:
     keep_downsample: bool = True
     binarize_linear: bool = False
     exclude: Sequence[str] = ()
-    exclude_types: Tuple[type, ...] = ()
+    exclude_types: Tuple[type, ...] = field(default=(), metadata={"types": True})
     double_skip: bool = True
     activation: str = "hardtanh"
-    leaf_modules: Sequence[Union[str, type]] = ()
+    leaf_modules: Sequence[Union[str, type]] = field(default=(), metadata={"types": True})
     # Estimator names from binarize.quantizers.ESTIMATORS; each method sets its paper's choice.
     activation_estimator: str = "ste"
     weight_estimator: str = "ste"
@@ -54,10 +126,10 @@ class ConvertConfig:
             value = getattr(self, name)
             if value not in ESTIMATORS:
                 raise ValueError(f"{name}={value!r}: expected one of {sorted(ESTIMATORS)}")
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
-        if isinstance(self.exclude_types, type):
-            self.exclude_types = (self.exclude_types,)
+        # tuples, also when plain data's lists come back
+        self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
+        self.exclude_types = (self.exclude_types,) if isinstance(self.exclude_types, type) else tuple(self.exclude_types)
+        self.leaf_modules = tuple(self.leaf_modules)
         for t in self.exclude_types:
             if not (isinstance(t, type) and issubclass(t, nn.Module)):
                 raise TypeError(f"exclude_types entry {t!r} is not an nn.Module subclass")

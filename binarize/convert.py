@@ -11,7 +11,7 @@ from torch import nn
 from . import passes
 from .config import ConvertConfig
 from .layers import BinaryLayer
-from .methods import get_method, method_for_config
+from .methods import get_method, method_for_config, training_policy
 
 
 def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, inplace: bool = False,
@@ -67,12 +67,9 @@ def binary_layers(model: nn.Module) -> Iterator[Tuple[str, BinaryLayer]]:
 
 
 def set_stage(model: nn.Module, stage: int) -> None:
-    """Switch every two-stage (BiPer) layer to ``stage`` (1: real-valued sin(omega w), 2: binary)."""
-    staged = [m for _, m in binary_layers(model) if hasattr(m, "set_stage")]
-    if not staged:
-        raise ValueError("set_stage: the model has no two-stage layers (only method='biper' has stages)")
-    for layer in staged:
-        layer.set_stage(stage)
+    """Switch every layer of a two-stage method to ``stage`` (BiPer: 1 real-valued sin(omega w),
+    2 binary); a ValueError for a model whose method has one stage."""
+    training_policy(model).set_stage(model, stage)
 
 
 def extra_losses(model: nn.Module) -> Dict[str, torch.Tensor]:

@@ -7,7 +7,8 @@ interrupted by SIGINT, or launched by torchrun for the DDP-equivalence test.
 Options (JSON): run_dir; method ("biper"); batch_norm (true); batch_size (global, 16);
 convert: conversion overrides; distributed (false: a shuffled DataLoader with a seeded generator); kill_at_fetch / sigint_at_fetch:
 send SIGKILL / SIGINT to this process when the dataset is asked for its N-th sample; resume;
-finetune: FinetuneConfig overrides.
+finetune: FinetuneConfig overrides; dump_rng: after training, write this process's torch random state
+to RUN_DIR/<dump_rng>-rank<RANK>.pt.
 """
 import json
 import os
@@ -68,6 +69,8 @@ def main(options):
     except TrainingInterrupted as stop:
         print(stop)
         return 130
+    if "dump_rng" in options:
+        torch.save(torch.get_rng_state(), os.path.join(options["run_dir"], f"{options['dump_rng']}-rank{rank}.pt"))
     return 0
 
 

@@ -18,6 +18,7 @@ from binarize.analysis import laplace_fit, optimal_scale
 from binarize.datasets import make_loaders
 from binarize.finetune import (CenterLoss, FeatureDiscriminator, FinetuneConfig, _Trainer, adversarial_loss,
                                cosine_lr, discriminator_loss, evaluate, finetune, kd_loss)
+from binarize.finetune.objective import AdversarialFeatures
 from binarize.models import resnet_small
 from binarize.quantizers import binary_sign
 
@@ -97,11 +98,11 @@ def test_training_step_objective_is_the_sum_of_the_terms():
     trainer, train = _trainer("rbcn", center_loss_weight=0.05, kd_temperature=3.0)
     images, labels = next(iter(train))
     trainer.epoch_order = [[0]]  # one step of a one-step epoch, so the learning rate is the base one
-    trainer._lr_step(trainer.phases[0])
+    trainer._lr_step()
     kernel = binarize.extra_losses(trainer.model)["rbcn_kernel"].item()  # before the step changes W and C
     with torch.no_grad():
         teacher_logits = trainer.teacher(images)
-    trainer.teacher_taps.take()
+    trainer.objective.find(AdversarialFeatures).teacher_taps.take()
     loss, terms, logits = trainer._train_step(images, labels)
     assert set(terms) == {"ce", "kd", "gan", "rbcn_kernel", "center"}
     assert sum(terms.values()) == pytest.approx(loss.item(), rel=1e-6)
@@ -113,19 +114,20 @@ def test_training_step_objective_is_the_sum_of_the_terms():
 
 def test_discriminator_step_lowers_its_loss_on_a_fixed_batch():
     trainer, train = _trainer("biper", gan_lr=1e-3)
+    adversarial = trainer.objective.find(AdversarialFeatures)
     images, _ = next(iter(train))
     with torch.no_grad():
         trainer.teacher(images)
         trainer.model(images)
-    real, fake = trainer.teacher_taps.take(), trainer.student_taps.take()
+    real, fake = adversarial.teacher_taps.take(), adversarial.student_taps.take()
 
     def total_loss():
         with torch.no_grad():
-            return sum(discriminator_loss(trainer._discriminator(n)(real[n]), trainer._discriminator(n)(fake[n]))
-                       for n in trainer.gan_names).item()
+            return sum(discriminator_loss(adversarial.discriminator(n)(real[n]), adversarial.discriminator(n)(fake[n]))
+                       for n in adversarial.names).item()
 
     before = total_loss()
-    trainer._discriminator_step(real, fake)
+    adversarial.discriminator_step(real, fake)
     assert total_loss() < before
 
 
@@ -254,7 +256,7 @@ def test_run_killed_mid_epoch_and_resumed_is_bit_identical(tmp_path):
                 assert torch.equal(value, b["optimizers"][name]["state"][index][key]), f"{name} optimizer differs"
     strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]  # noqa: E731
     assert strip(a["history"]["epochs"]) == strip(b["history"]["epochs"])
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
 
 
 def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
@@ -275,11 +277,23 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
            "finetune": {"epochs": 2, "steps_per_epoch": 4, "center_loss_weight": 0.01, "bn_refresh": False}}
     one = _run_worker(dict(run, run_dir=str(tmp_path / "one")), torchrun_procs=1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run_worker(dict(run, run_dir=str(tmp_path / "two")), torchrun_procs=2)
+    two = _run_worker(dict(run, run_dir=str(tmp_path / "two"), dump_rng="trained"), torchrun_procs=2)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _final_state(tmp_path / "one"), _final_state(tmp_path / "two")
     assert b["world_size"] == 2
     _assert_same_training_state(a, b, exact=False, atol=1e-5)
+
+    # Every rank saves its own random state (the ranks are seeded seed + rank, so they differ) ...
+    assert len(b["rng"]) == 2
+    for rank in range(2):
+        assert torch.equal(b["rng"][rank]["torch"], torch.load(tmp_path / "two" / f"trained-rank{rank}.pt"))
+    assert not torch.equal(b["rng"][0]["torch"], b["rng"][1]["torch"])
+    # ... and gets it back on resume (the run is finished: resuming restores and trains nothing).
+    again = _run_worker(dict(run, run_dir=str(tmp_path / "two"), resume=str(tmp_path / "two"), dump_rng="resumed"),
+                        torchrun_procs=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for rank in range(2):
+        assert torch.equal(torch.load(tmp_path / "two" / f"resumed-rank{rank}.pt"), b["rng"][rank]["torch"])
 
 
 # ------------------------------------------------------------------------------------ it learns

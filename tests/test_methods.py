@@ -171,3 +171,43 @@ class TestRBCN:
         inside = (w >= -1) & (w < 1)
         eq8 = torch.where(inside, 2 - 2 * w.abs(), torch.zeros_like(w))
         assert torch.allclose(layer.weight.grad, -0.1 * residual * c * eq8, atol=1e-6)  # eq. 11 x eq. 8
+
+
+class TestTrainingPolicy:
+    """The hooks the trainer asks instead of probing layers (binarize.methods.TrainingPolicy)."""
+
+    def test_policy_comes_from_the_layers(self):
+        from binarize.methods import TrainingPolicy, training_policy
+
+        conv, layer = make_layer("rbcn")
+        assert training_policy(nn.Sequential(layer)) is get_method("rbcn")
+        assert type(training_policy(nn.Sequential(conv))) is TrainingPolicy  # a float model: the defaults
+        _, other = make_layer("xnor")
+        with pytest.raises(ValueError, match="mixes binary layers of several methods"):
+            training_policy(nn.Sequential(layer, other))
+
+    def test_rbcn_trains_c_apart_at_its_own_rate(self):
+        from binarize.finetune import FinetuneConfig
+
+        _, a = make_layer("rbcn")
+        _, b = make_layer("rbcn")
+        model = nn.Sequential(a, b)
+        (group,) = get_method("rbcn").parameter_groups(model, FinetuneConfig(rbcn_c_lr=0.003))
+        assert [id(p) for p in group.params] == [id(a.C), id(b.C)] and group.lr == 0.003
+        assert get_method("xnor").parameter_groups(model, FinetuneConfig()) == []
+
+    def test_biper_phases_follow_the_stage_of_the_student(self):
+        from binarize.finetune import FinetuneConfig
+
+        biper = get_method("biper")
+        _, layer = make_layer("biper")
+        model = nn.Sequential(layer)
+        phases = biper.training_phases(model, FinetuneConfig(epochs=3, lr=0.01, stage1_lr=0.1))
+        assert [(p.name, p.epochs, p.lr, p.stage) for p in phases] == [("stage 1", 3, 0.1, 1), ("stage 2", 3, 0.01, 2)]
+        biper.prepare_phase(model, phases[1])
+        assert int(layer.stage) == 2
+        assert [p.stage for p in biper.training_phases(model, FinetuneConfig(epochs=3))] == [2]
+        with pytest.raises(ValueError, match="already in stage 2"):
+            biper.training_phases(model, FinetuneConfig(stage1_epochs=1))
+        with pytest.raises(ValueError, match="stage1_epochs is for two-stage students"):
+            get_method("xnor").training_phases(model, FinetuneConfig(stage1_epochs=1))

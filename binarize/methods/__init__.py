@@ -1,19 +1,89 @@
 """The binarization methods, one module each, registered by name.
 
 Each method module defines a config dataclass (the paper's defaults, documented field by
-field), a weight mixin, and the ``BinaryConv2d``/``BinaryLinear`` classes built from it.
+field), a weight mixin, the ``BinaryConv2d``/``BinaryLinear`` classes built from it, and its
+:class:`Method` record. The record is also the method's *training policy*: the hooks below are
+everything :func:`binarize.finetune` and :func:`binarize.set_stage` need to know about a method, so
+no code outside this package compares method names or probes layer attributes. The defaults are
+those of a one-stage method that adds nothing to training (XNOR-Net, Bi-Real Net); a method
+overrides what its paper changes. Adding a method means one module here and a
+:func:`register_method` call (``tests/test_new_method.py`` does it with a toy method).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Type
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Type
+
+from torch import nn
 
 from ..config import ConvertConfig
-from ..layers import BinaryConv2d, BinaryLinear
+from ..layers import BinaryConv2d, BinaryLayer, BinaryLinear
+
+if TYPE_CHECKING:  # the trainer imports this package, not the other way round
+    from ..finetune.config import FinetuneConfig
 
 
 @dataclass(frozen=True)
-class Method:
+class Phase:
+    """A span of epochs the trainer runs with its own fresh optimizers and cosine schedule
+    (BiPer's stages); ``stage`` is the method stage set on the model when the phase starts."""
+
+    name: str
+    epochs: int
+    lr: float
+    stage: Optional[int]
+
+
+@dataclass
+class ParameterGroup:
+    """Parameters a method trains with their own optimizer and base learning rate (RBCN's C),
+    without weight decay; the trainer keeps them out of the student's optimizer."""
+
+    name: str
+    params: List[nn.Parameter]
+    lr: float
+
+
+class TrainingPolicy:
+    """The training hooks, with the defaults of a one-stage method that adds nothing. A float
+    model (no binary layers) is trained with exactly these defaults."""
+
+    #: Training stages of the method's layers (BiPer: 2); ``set_stage`` switches between them.
+    stages: ClassVar[int] = 1
+    #: Values for :class:`~binarize.FinetuneConfig` fields left at None for this method's students
+    #: (RBCN: ``bn_refresh``; CBCN: ``center_loss_weight``); fields not named here fall back to
+    #: the config's own "off" value.
+    finetune_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def parameter_groups(self, model: nn.Module, config: "FinetuneConfig") -> List[ParameterGroup]:
+        """Parameters trained apart from the rest of the student, each group with its learning rate."""
+        return []
+
+    def training_phases(self, model: nn.Module, config: "FinetuneConfig") -> List[Phase]:
+        """The phases of a run from ``model``'s current state: by default one, ``epochs`` at ``lr``."""
+        if config.stage1_epochs:
+            raise ValueError(f"stage1_epochs is for two-stage students "
+                             f"({', '.join(staged_methods()) or 'none registered'}); this one has one stage")
+        return [Phase("train", config.epochs, config.lr, None)]
+
+    def current_stage(self, model: nn.Module) -> Optional[int]:
+        """The stage ``model``'s layers are in (None: the method has no stages)."""
+        return None
+
+    def set_stage(self, model: nn.Module, stage: int) -> None:
+        """Switch every layer of ``model`` to ``stage`` (see :func:`binarize.set_stage`)."""
+        raise ValueError(f"set_stage: the model has no two-stage layers "
+                         f"(only method={' or '.join(repr(n) for n in staged_methods())} has stages)")
+
+    def prepare_phase(self, model: nn.Module, phase: Phase) -> None:
+        """Called at the start of every epoch of ``phase`` (also a resumed one): put the model in
+        the phase's stage if it is not there yet."""
+
+
+@dataclass(frozen=True)
+class Method(TrainingPolicy):
+    """A registered method: its config, its layer classes, and (inherited hooks) its training policy."""
+
     name: str
     config: Type[ConvertConfig]
     conv: Type[BinaryConv2d]
@@ -30,6 +100,11 @@ def register_method(method: Method) -> Method:
     return method
 
 
+def unregister_method(name: str) -> Method:
+    """Remove a registered method (a plug-in's or a test's); returns its record."""
+    return METHODS.pop(get_method(name).name)
+
+
 def get_method(name: str) -> Method:
     try:
         return METHODS[name]
@@ -43,6 +118,22 @@ def method_for_config(config: ConvertConfig) -> Method:
             return method
     raise TypeError(f"{type(config).__name__} is not the config of a registered method "
                     f"({', '.join(m.config.__name__ for m in METHODS.values())})")
+
+
+def staged_methods() -> List[str]:
+    return [name for name, method in METHODS.items() if method.stages > 1]
+
+
+def training_policy(model: nn.Module) -> TrainingPolicy:
+    """The policy of the method ``model``'s binary layers were made with; the defaults for a
+    float model. The layers are asked, not ``model.binarize_config``, so hand-assembled models work."""
+    configs = {type(m.config): m.config for m in model.modules() if isinstance(m, BinaryLayer)}
+    if not configs:
+        return TrainingPolicy()
+    if len(configs) > 1:
+        raise ValueError(f"the model mixes binary layers of several methods "
+                         f"({', '.join(sorted(c.method for c in configs.values()))}); train one method at a time")
+    return method_for_config(next(iter(configs.values())))
 
 
 from . import xnor, bireal, biper, cbcn, rbcn  # noqa: E402,F401  (registers the methods)

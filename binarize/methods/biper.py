@@ -22,7 +22,7 @@ Cost: as XNOR-Net at inference; training adds one sin/cos per weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import List, Optional, Union
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ from ..analysis import auto_omega, laplace_fit, optimal_scale
 from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear, per_channel
 from ..quantizers import binary_sign
-from . import Method, register_method
+from . import Method, Phase, register_method
 
 
 @dataclass
@@ -105,4 +105,36 @@ class BiPerLinear(BiPerWeights, BinaryLinear):
     pass
 
 
-register_method(Method("biper", BiPerConfig, BiPerConv2d, BiPerLinear))
+class BiPerMethod(Method):
+    """Two training stages (section 2.3): stage 1 at ``stage1_lr`` for ``stage1_epochs``, then
+    stage 2 at ``lr`` for ``epochs``, each with its own optimizers and schedule."""
+
+    stages = 2
+
+    def training_phases(self, model, config) -> List[Phase]:
+        current = self.current_stage(model)
+        stage1 = config.stage1_epochs if config.stage1_epochs is not None else (config.epochs if current == 1 else 0)
+        if stage1 and current == 2:
+            raise ValueError(f"stage1_epochs={stage1}, but the student is already in stage 2 (binary weights)")
+        phases = [Phase("stage 1", stage1, config.stage1_lr, 1)] if stage1 else []
+        return phases + [Phase("stage 2", config.epochs, config.lr, 2)]
+
+    def current_stage(self, model) -> Optional[int]:
+        """The first layer's stage."""
+        return int(_layers(model)[0].stage)
+
+    def set_stage(self, model, stage: int) -> None:
+        for layer in _layers(model):
+            layer.set_stage(stage)
+
+    def prepare_phase(self, model, phase: Phase) -> None:
+        # set_stage(2) re-fits the scales: only when a layer is not in the stage yet (not on resume).
+        if any(int(m.stage) != phase.stage for m in _layers(model)):
+            self.set_stage(model, phase.stage)
+
+
+def _layers(model) -> List[BiPerWeights]:
+    return [m for m in model.modules() if isinstance(m, BiPerWeights)]
+
+
+register_method(BiPerMethod("biper", BiPerConfig, BiPerConv2d, BiPerLinear))

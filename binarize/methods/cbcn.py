@@ -130,4 +130,10 @@ class CBCNLinear(XnorWeights, BinaryLinear):
     pass
 
 
-register_method(Method("cbcn", CBCNConfig, CBCNConv2d, CBCNLinear))
+class CBCNMethod(Method):
+    """The center loss (section 3.3, Wen et al.'s) is on by default, lambda = 0.01."""
+
+    finetune_defaults = {"center_loss_weight": 0.01}
+
+
+register_method(CBCNMethod("cbcn", CBCNConfig, CBCNConv2d, CBCNLinear))

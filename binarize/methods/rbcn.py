@@ -28,7 +28,7 @@ from torch import nn
 from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear
 from ..quantizers import binary_sign
-from . import Method, register_method
+from . import Method, ParameterGroup, register_method
 
 
 @dataclass
@@ -71,4 +71,15 @@ class RBCNLinear(RectifiedWeights, BinaryLinear):
     pass
 
 
-register_method(Method("rbcn", RBCNConfig, RBCNConv2d, RBCNLinear))
+class RBCNMethod(Method):
+    """C trains with its own optimizer at ``rbcn_c_lr`` (eta2 of eq. 15); the BatchNorm statistics
+    are refreshed after every epoch (algorithm 1, line 17)."""
+
+    finetune_defaults = {"bn_refresh": True}
+
+    def parameter_groups(self, model, config):
+        params = [m.C for m in model.modules() if isinstance(m, RectifiedWeights) and m.C.requires_grad]
+        return [ParameterGroup("rbcn_c", params, config.rbcn_c_lr)] if params else []
+
+
+register_method(RBCNMethod("rbcn", RBCNConfig, RBCNConv2d, RBCNLinear))

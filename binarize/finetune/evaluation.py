@@ -1,0 +1,55 @@
+"""Passes over a whole loader with the weights fixed: accuracy, and RBCN's BatchNorm refresh."""
+from __future__ import annotations
+
+from typing import Dict, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .distributed import all_reduce_sum, world
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
+             progress: bool = False, desc: str = "eval") -> Dict[str, float]:
+    """Cross-entropy and top-1 accuracy of ``model`` on ``loader`` (eval mode; training mode restored)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(1) == labels).sum())
+        count += len(labels)
+    model.train(was_training)
+    return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}
+
+
+@torch.no_grad()
+def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+    """RBCN's BN update: recompute every BatchNorm's running statistics over ``loader`` with the
+    weights fixed (cumulative average over the batches), then average them over ranks."""
+    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # None: running stats become the plain average over the batches seen
+    was_training = model.training
+    model.train()
+    for images, _ in loader:
+        model(images.to(device))
+    model.train(was_training)
+    size = world()[1]
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        for stat in (m.running_mean, m.running_var):
+            all_reduce_sum(stat)
+            stat /= size

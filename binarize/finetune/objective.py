@@ -15,10 +15,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..convert import binary_layers, extra_losses
-from ..layers import BinaryLayer
+from .. import tags
+from ..convert import extra_losses
 from .distributed import all_reduce_sum, average_gradients, broadcast_from_main
 
 # ------------------------------------------------------------------------------- loss functions
@@ -110,17 +109,9 @@ class FeatureTaps:
 
 
 def default_feature_maps(student: nn.Module) -> List[str]:
-    """The BatchNorm right after each binary layer (the layer itself when no BatchNorm follows)."""
-    graph = getattr(student, "graph", None)
-    if graph is None:
-        return [name for name, _ in binary_layers(student)]
-    names = []
-    for node in graph.nodes:
-        if node.op == "call_module" and isinstance(student.get_submodule(node.target), BinaryLayer):
-            norms = [user.target for user in node.users if user.op == "call_module"
-                     and isinstance(student.get_submodule(user.target), _BatchNorm)]
-            names.append(norms[0] if len(norms) == 1 else node.target)
-    return names
+    """The BatchNorm right after each binary layer (the layer itself when no BatchNorm follows), as
+    :mod:`binarize.tags` records it: the one rule the passes and the exporter also read."""
+    return tags.feature_maps(student)
 
 
 def classifier_name(model: nn.Module) -> str:

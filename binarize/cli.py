@@ -435,6 +435,13 @@ def _add_model_options(parser: argparse.ArgumentParser, method_default: Optional
                         help="conversion option, e.g. omega=auto or keep_first=False (repeatable)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors in two lines (the message, where to find the options), not the full usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\nrun '{self.prog} --help' for the options\n")
+
+
 def _add_trust_code(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-code", action="store_true",
                         help="allow the checkpoint's recipe to import the model factory and types it names outside "
@@ -442,7 +449,7 @@ def _add_trust_code(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="binarize", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Turn a pretrained PyTorch network into a 1-bit network, fine-tune it against the "
                     "float original, and ship it as ONNX with fast XNOR-popcount kernels.",

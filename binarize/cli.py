@@ -144,6 +144,17 @@ def _recipe_input_size(recipe: Optional[Dict[str, Any]]) -> Optional[Tuple[int, 
     return (1, data["channels"], data["image_size"], data["image_size"]) if data else None
 
 
+def _check_device(text: str) -> None:
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r}: expected a device such as cpu, cuda or cuda:0") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: no CUDA GPU is available here: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
+
+
 def _resumed_run_dir(path: Path) -> Path:
     """The run folder of a training checkpoint or run folder: where a resumed run writes by default."""
     if path.is_dir():
@@ -204,6 +215,8 @@ def cmd_finetune(args) -> None:
     from .datasets import data_source, make_loaders
     from .finetune import FinetuneConfig, finetune, init_distributed
 
+    if args.device:
+        _check_device(args.device)
     rank, world = init_distributed()
     _set_training_threads(args.threads, announce=rank == 0 and not args.quiet)
     if args.resume:
@@ -299,6 +312,9 @@ def cmd_summary(args) -> None:
     if Path(args.model).is_file():
         model, data = ckpt.load_student(args.model, trust_code=args.trust_code)
         recorded = _recipe_input_size(data["recipe"])
+    elif ":" not in args.model:
+        raise FileNotFoundError(f"{args.model} is neither an existing checkpoint file nor a model name "
+                                f"('torchvision:NAME', 'package.module:factory' or 'file.py:factory')")
     else:
         model = _float_model(args)
         if args.method:

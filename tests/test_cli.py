@@ -116,6 +116,13 @@ def test_wrong_channel_count_in_input_size(student, tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_summary_and_finetune_name_what_does_not_exist(tmp_path, capsys):
+    _user_error(capsys, ["summary", str(tmp_path / "nope.pt")], "nope.pt", "neither an existing checkpoint")
+    _user_error(capsys, ["finetune", *TINY, "mnist5k", "--device", "gpu0"], "--device 'gpu0'")
+    if not torch.cuda.is_available():
+        _user_error(capsys, ["finetune", *TINY, "mnist5k", "--device", "cuda:0"], "--device cuda:0", "--device cpu")
+
+
 def test_summary_of_a_one_channel_student_uses_its_channels(student, capsys):
     assert main(["summary", str(student)]) == 0
     captured = capsys.readouterr()

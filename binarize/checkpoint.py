@@ -179,6 +179,11 @@ def load_checkpoint(path: PathLike, kind: Optional[str] = None) -> Dict[str, Any
                                   f"{' or '.join(t.__name__ for t in _as_tuple(types))}")
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data["model"].items()):
         raise CheckpointError(f"{path}: entry 'model' is not a state_dict (names -> tensors)")
+    for key, parts in _RNG_ENTRIES.items() if data["kind"] == "finetune" else ():
+        state = data["rng"].get(key)
+        complete = isinstance(state, torch.Tensor) if parts is None else isinstance(state, dict) and parts <= state.keys()
+        if not complete:
+            raise CheckpointError(f"{path}: entry 'rng' lacks a complete {key!r} random state")
     if data["recipe"] is not None:
         problem = recipe_problem(data["recipe"])
         if problem:
@@ -190,6 +195,9 @@ _STUDENT_ENTRIES = {"recipe": (dict, type(None)), "model": dict}
 #: What the trainer reads back from a training state (binarize.finetune), and the types it expects.
 _FINETUNE_ENTRIES = {"config": dict, "phases": list, "phase": int, "epoch": int, "step": int, "optimizers": dict,
                      "discriminators": dict, "history": dict, "epoch_stats": dict, "rng": dict, "loader_rng": dict}
+#: The random states of a training state (:func:`rng_state`): a tensor, or a dict with these keys.
+_RNG_ENTRIES = {"torch": None, "numpy": {"kind", "keys", "pos", "has_gauss", "gauss"},
+                "python": {"version", "state", "gauss"}}
 #: A recipe's entries: name -> (types, required).
 _RECIPE_ENTRIES = {"model": (str, True), "model_kwargs": (dict, False), "weights": ((str, type(None)), False),
                    "convert": (dict, True), "data": (dict, False), "input_size": (list, False)}

@@ -110,3 +110,11 @@ def test_training_state_entries_are_checked(student_file, tmp_path):
     ckpt.atomic_save(state, path)
     with pytest.raises(ckpt.CheckpointError, match="lacks the 'optimizers' entry"):
         ckpt.load_checkpoint(path, "finetune")
+    state["optimizers"] = {}
+    state["rng"] = {"torch": torch.get_rng_state(), "numpy": {"kind": "MT19937"}, "python": {}}
+    ckpt.atomic_save(state, path)
+    with pytest.raises(ckpt.CheckpointError, match="'rng' lacks a complete 'numpy' random state"):
+        ckpt.load_checkpoint(path, "finetune")
+    state["rng"] = ckpt.rng_state()
+    ckpt.atomic_save(state, path)
+    assert ckpt.load_checkpoint(path, "finetune")["epoch"] == 1

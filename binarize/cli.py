@@ -113,7 +113,6 @@ def _output_file(path: str, option: str, suffix: str) -> Path:
     return path
 
 
-
 def _float_model(args) -> nn.Module:
     # The user named this model on the command line: their own code may run (trust_code).
     model = ckpt.build_model(args.model, trust_code=True, **_key_values(args.model_arg, "--model-arg"))
@@ -412,7 +411,6 @@ def _counting_number(minimum: int):
         if value is None or value < minimum:
             raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= {minimum}")
         return value
-    parse.__name__ = "positive" if minimum else "non-negative"  # argparse names the type in some errors
     return parse
 
 

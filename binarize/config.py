@@ -66,6 +66,18 @@ class VersionedConfig:
         return cls(**options)
 
 
+def parse_bool(text: str) -> bool:
+    """Strict: true/false, yes/no, on/off, 1/0 (any case); anything else is a ValueError, never truthy."""
+    value = _BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"expected true or false, not {text!r}")
+    return value
+
+
+parse_bool.__name__ = "bool"  # argparse names the type in its error message
+_BOOLEANS = {word: True for word in ("true", "yes", "on", "1")} | {word: False for word in ("false", "no", "off", "0")}
+
+
 def option(default: Any, help: str, *, cli: bool = True) -> Field:
     """A documented config field: ``help`` is its documentation (docstring, ``--help``) and ``cli``
     whether the command line offers it as ``--name`` (False: it has a dedicated option, or none)."""

@@ -35,6 +35,7 @@ luma weights as torchvision's ``Grayscale`` for the mean (exact) and the std (an
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -259,6 +260,22 @@ def _image_folder(root: Path, image_size: int, channels: int, augment: bool):
     return train_set, test_set, tuple(classes), mean, std
 
 
+def data_source(name_or_path: Union[str, os.PathLike]) -> str:
+    """A dataset name of :data:`DATASET_NAMES` as is, or an existing ImageFolder directory as an
+    absolute path. Anything else raises: a word that is neither (a typo such as ``mnist6k``) is
+    ``ValueError`` with the closest name, a path (it has a separator) that is no directory ``FileNotFoundError``."""
+    name = str(name_or_path)
+    if name in DATASET_NAMES:
+        return name
+    if Path(name).is_dir():
+        return str(Path(name).resolve())
+    if os.sep in name or (os.altsep and os.altsep in name):
+        raise FileNotFoundError(f"ImageFolder directory {name} does not exist")
+    close = difflib.get_close_matches(name, DATASET_NAMES, n=1)
+    raise ValueError(f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} or the path of an "
+                     f"existing ImageFolder directory" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+
 def make_loaders(
     name_or_path: Union[str, os.PathLike],
     data_dir: Union[str, os.PathLike, None] = None,
@@ -301,17 +318,10 @@ def make_loaders(
     elif name == "cifar10":
         image_size, channels = image_size or 32, channels or 3
         train_set, test_set, classes, mean, std = _cifar10(data_dir, verify, image_size, channels, augment)
-    elif os.sep in name or (os.altsep and os.altsep in name) or Path(name).is_dir():
-        root = Path(name)
-        if not root.is_dir():
-            raise FileNotFoundError(f"ImageFolder directory {root} does not exist")
+    else:
+        root = Path(data_source(name))
         image_size, channels = image_size or 224, channels or 3
         train_set, test_set, classes, mean, std = _image_folder(root, image_size, channels, augment)
-    else:
-        raise ValueError(
-            f"unknown dataset {name!r}: expected one of {', '.join(DATASET_NAMES)} "
-            f"or the path of an existing ImageFolder directory"
-        )
     if distributed:
         train_sampler = DistributedSampler(train_set, shuffle=True, seed=seed)
         shuffle, generator = False, None

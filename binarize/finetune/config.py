@@ -5,7 +5,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..config import VersionedConfig, field_docs, option
+from ..config import VersionedConfig, field_docs, option, parse_bool
 
 
 @dataclass
@@ -107,18 +107,6 @@ def method_defaults(config: FinetuneConfig, policy) -> Dict[str, Any]:
             else policy.finetune_defaults.get(name, off) for name, off in OFF.items()}
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes", "on"):
-        return True
-    if lowered in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, not {text!r}")
-
-
-_parse_bool.__name__ = "bool"  # argparse names the type in its error message
-
-
 def cli_options() -> Dict[str, Tuple[Callable[[str], Any], str]]:
     """The fields the command line offers as ``--name``: name -> (parser of the text, help)."""
     hints = typing.get_type_hints(FinetuneConfig)
@@ -129,7 +117,7 @@ def cli_options() -> Dict[str, Tuple[Callable[[str], Any], str]]:
         kind = hints[f.name]
         if typing.get_origin(kind) is Union:  # Optional[X]
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        parse = _parse_bool if kind is bool else kind
+        parse = parse_bool if kind is bool else kind
         result[f.name] = (parse, f"{f.metadata['help']} (default {f.default})")
     return result
 

@@ -137,4 +137,20 @@ def read_training_state(path) -> Dict[str, Any]:
             f"{path} is a training checkpoint of version {version}; this binarize resumes version "
             f"{STATE_VERSION} only. Finish the run with the binarize that wrote it, or start a new run from "
             f"its weights (binarize finetune --student {path} ...)")
+    ckpt.check_entries(path, state, _PART_TYPES)
+    if not state["rng"]:
+        raise ckpt.CheckpointError(f"{path}: entry 'rng' holds no process's random states")
+    for rank, entry in enumerate(state["rng"]):
+        problem = ckpt.rng_state_problem(entry)
+        if problem is None and not isinstance(entry.get("loader"), dict):
+            problem = "lacks the train loader's generator states ('loader')"
+        if problem:
+            raise ckpt.CheckpointError(f"{path}: entry 'rng' of rank {rank} {problem}")
     return state
+
+
+#: The parts a version-2 training state holds (registered in binarize.finetune.loop) and their types,
+#: checked before any is restored so that a damaged file is an error naming it, not a crash mid-restore.
+_PART_TYPES = {"phases": list, "phase": int, "epoch": int, "step": int, "model": dict, "discriminators": dict,
+               "optimizers": dict, "epoch_order": (dict, type(None)), "epoch_stats": dict, "history": dict,
+               "rng": list}

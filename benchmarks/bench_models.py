@@ -13,7 +13,7 @@ ratios measured side by side in the same run (the three sessions take turns). Wh
 Runtime profile of the binarized model shows the time per op type. ``--results`` appends the
 table, with the command, to a Markdown file (benchmarks/RESULTS.md).
 
-    PYTHONPATH=. python benchmarks/bench_models.py --results benchmarks/RESULTS.md
+    python benchmarks/bench_models.py --results benchmarks/RESULTS.md
 """
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def main():
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--results", type=Path, help="append the results as Markdown to this file")
     args = parser.parse_args()
-    command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

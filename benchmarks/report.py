@@ -1,8 +1,8 @@
 """The evidence report: one command regenerates accuracy/ablation tables with the papers' claims
 checked, BiPer's quantization-error figure, and speed, size and training-cost tables, with plots.
 
-    PYTHONPATH=. python benchmarks/report.py              # full report, about 35-40 min on 2 cores
-    PYTHONPATH=. python benchmarks/report.py --smoke      # tiny version (CI), under a minute
+    python benchmarks/report.py              # full report, about 35-40 min on 2 cores
+    python benchmarks/report.py --smoke      # tiny version (CI), under a minute
 
 Writes ``benchmarks/report/``: ``REPORT.md``, PNG plots (when matplotlib is installed:
 ``pip install binarize[report]``; otherwise the plots are skipped with a message) and the raw
@@ -446,7 +446,7 @@ def training_cost_lines(step_rows: List[dict], profiles: Dict[str, Dict[str, Lis
 def main(argv: Optional[Sequence[str]] = None) -> Path:
     args = parse_args(argv)
     start = time.time()
-    command = "PYTHONPATH=. python benchmarks/report.py" + "".join(f" {shlex.quote(a)}" for a in
+    command = "python benchmarks/report.py" + "".join(f" {shlex.quote(a)}" for a in
                                                                    (sys.argv[1:] if argv is None else argv))
     if args.smoke:
         grid = acc.SMOKE_GRID

@@ -4,8 +4,6 @@
     bnn = binarize.convert(model, method="biper")
     print(binarize.summary(bnn, (1, 3, 224, 224)))
 """
-import os as _os
-
 from . import analysis, datasets, kernels, quantizers, runtime
 from .config import ConvertConfig
 from .convert import binary_layers, convert, extra_losses, set_stage
@@ -21,12 +19,6 @@ from .passes import TraceError
 from .summary import Summary, summary
 
 __version__ = "0.1.0"
-
-# converters/ sits at the repository root and installs as binarize.converters (pyproject.toml's
-# package-dir); run from a source checkout, binarize looks for it there.
-if not _os.path.isdir(_os.path.join(__path__[0], "converters")):
-    __path__.append(_os.path.dirname(_os.path.abspath(__path__[0])))
-
 
 def export(model, path, example_input, **options):
     """Export a binary model to an ONNX file with bit-packed ops: :func:`binarize.converters.export`.

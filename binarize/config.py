@@ -9,6 +9,10 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, T
 from torch import nn
 
 ACTIVATIONS = ("hardtanh", "prelu", "identity")
+#: The new shortcut a shape-changing binary conv gets (binarize.passes): "conv", Bi-Real's AvgPool +
+#: float 1x1 conv + BatchNorm; "free", AvgPool + channel repetition or grouped averaging, no weights;
+#: "auto", "free" for 1x1 convs and "conv" for larger kernels.
+SHORTCUTS = ("auto", "conv", "free")
 
 
 class ConfigVersionError(ValueError):
@@ -36,6 +40,9 @@ class VersionedConfig:
     as ``"module:QualName"`` strings."""
 
     version: ClassVar[int] = 1
+    #: How plain data of an older version becomes data of the next one, so that files written
+    #: before a change keep meaning what they meant: {old version: function(fields) -> fields}.
+    upgrades: ClassVar[Mapping[int, Callable[[Dict[str, Any]], Dict[str, Any]]]] = {}
 
     def to_data(self) -> Dict[str, Any]:
         data = {"version": self.version}
@@ -50,6 +57,8 @@ class VersionedConfig:
         class name back into the class (:mod:`binarize.checkpoint` passes its importer)."""
         options = dict(data)
         version = options.pop("version", 1)
+        while isinstance(version, int) and version < cls.version and version in cls.upgrades:
+            options, version = cls.upgrades[version](options), version + 1
         if version != cls.version:
             raise ConfigVersionError(f"{cls.__name__} data of version {version!r}: this binarize reads "
                                      f"version {cls.version}")
@@ -107,6 +116,13 @@ class ConvertConfig(VersionedConfig):
       expression matched (``re.fullmatch``) against the qualified module name.
     - ``exclude_types``: module types kept in float (``isinstance`` check).
     - ``double_skip``: add a Bi-Real shortcut around every binary layer (and its BatchNorm).
+    - ``shortcut``: the new shortcut a shape-changing binary conv gets when the block has no matching
+      downsample branch: ``"conv"`` (Bi-Real: AvgPool + float 1x1 conv + BatchNorm), ``"free"``
+      (AvgPool + channel repetition / grouped averaging, no weights; "conv" where neither channel
+      count divides the other) or ``"auto"`` (default: "free" for 1x1 convs, whose float shortcut
+      would cost as much as the layer, "conv" for larger kernels, as Bi-Real).
+    - ``keep_costly_float``: keep in float the 1x1 convs that would still get a float conv shortcut
+      (:func:`binarize.passes.keep_costly_layers_float`); the plan says which and why.
     - ``activation``: what replaces a ReLU-like activation in front of a binary layer:
       ``"hardtanh"`` (default), ``"prelu"`` (one learnable slope, 0.25) or ``"identity"``.
       Float layers keep their activations.
@@ -121,6 +137,8 @@ class ConvertConfig(VersionedConfig):
     exclude: Sequence[str] = ()
     exclude_types: Tuple[type, ...] = field(default=(), metadata={"types": True})
     double_skip: bool = True
+    shortcut: str = "auto"
+    keep_costly_float: bool = True
     activation: str = "hardtanh"
     leaf_modules: Sequence[Union[str, type]] = field(default=(), metadata={"types": True})
     # Estimator names from binarize.quantizers.ESTIMATORS; each method sets its paper's choice.
@@ -128,12 +146,17 @@ class ConvertConfig(VersionedConfig):
     weight_estimator: str = "ste"
 
     method = "base"  # class attribute, set by each method's config
+    # 2: shortcut and keep_costly_float; a version-1 recipe rebuilds the model it described.
+    version = 2
+    upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False)}
 
     def __post_init__(self):
         from .quantizers import ESTIMATORS
 
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r}: expected one of {ACTIVATIONS}")
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut={self.shortcut!r}: expected one of {SHORTCUTS}")
         for name in ("activation_estimator", "weight_estimator"):
             value = getattr(self, name)
             if value not in ESTIMATORS:

@@ -5,10 +5,12 @@
 1. :func:`trace` - symbolic trace, with a clear error naming the module that cannot be traced;
 2. :func:`disable_inplace` - in-place activations would overwrite tensors the new branches read;
 3. :func:`plan_binary_layers` - which Conv2d/Linear modules become binary, and why the others stay float;
-4. :func:`add_double_skips` - a Bi-Real shortcut around every binary conv and its BatchNorm;
-5. :func:`rewrite_sign_inputs` - a binary layer binarizes its input, and sign(ReLU(x)) = +1 everywhere
+4. :func:`keep_costly_layers_float` - 1x1 convs whose new float shortcut would cost more than they save
+   stay float (with ``double_skip``);
+5. :func:`add_double_skips` - a Bi-Real shortcut around every binary conv and its BatchNorm;
+6. :func:`rewrite_sign_inputs` - a binary layer binarizes its input, and sign(ReLU(x)) = +1 everywhere
    (sign(0) = +1), so the ReLU-like activation in front of it is replaced, for that layer only;
-6. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers.
+7. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers.
 
 :func:`topological_sort` restores a valid node order after passes that add edges. What a node is (a
 ReLU, a pass-through op, the BatchNorm after a layer) is decided by :mod:`binarize.matchers`; what the
@@ -20,7 +22,7 @@ import operator
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.fx as fx
@@ -239,7 +241,32 @@ def _existing_downsample(gm: fx.GraphModule, node: fx.Node, conv: nn.Conv2d,
     return None
 
 
-def _new_downsample(conv: nn.Conv2d) -> nn.Module:
+class ParameterFreeShortcut(nn.Module):
+    """A shortcut for a shape-changing binary conv with no weights (ReActNet, Bi-Real style):
+    average pooling for the stride, then each input channel repeated ``out / in`` times (expansion)
+    or each group of ``in / out`` adjacent channels averaged (reduction). Costs a few adds per
+    output value where the float 1x1 conv shortcut costs ``in_channels`` MACs."""
+
+    def __init__(self, stride: Tuple[int, int], in_channels: int, out_channels: int):
+        super().__init__()
+        if out_channels % in_channels and in_channels % out_channels:
+            raise ValueError(f"ParameterFreeShortcut: {in_channels} -> {out_channels} channels: one count "
+                             f"must divide the other")
+        self.pool = (nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)
+                     if tuple(stride) != (1, 1) else nn.Identity())
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        if self.out_channels >= self.in_channels:
+            return x.repeat_interleave(self.out_channels // self.in_channels, dim=1)
+        return x.unflatten(1, (self.out_channels, self.in_channels // self.out_channels)).mean(2)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels} -> {self.out_channels}"
+
+
+def _conv_shortcut(conv: nn.Conv2d) -> nn.Module:
     """Bi-Real's shortcut for a shape-changing conv: AvgPool + float 1x1 conv + BatchNorm.
     The BatchNorm's weight starts at 0, so the converted network's output is not perturbed by a
     random branch at conversion time; training grows it."""
@@ -252,10 +279,61 @@ def _new_downsample(conv: nn.Conv2d) -> nn.Module:
         device=conv.weight.device, dtype=conv.weight.dtype)
 
 
-def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
+def _channels_divide(conv: nn.Conv2d) -> bool:
+    return conv.out_channels % conv.in_channels == 0 or conv.in_channels % conv.out_channels == 0
+
+
+def _shortcut_kind(conv: nn.Conv2d, shortcut: str) -> str:
+    """"free" or "conv": the new shortcut a shape-changing ``conv`` gets with the option ``shortcut``
+    (:data:`binarize.config.SHORTCUTS`). "auto" gives the parameter-free one to 1x1 convs only: for
+    them a float 1x1 shortcut costs as much as the float layer; a larger kernel keeps Bi-Real's."""
+    if shortcut == "conv" or not _channels_divide(conv):
+        return "conv"
+    if shortcut == "free" or tuple(conv.kernel_size) == (1, 1):
+        return "free"
+    return "conv"
+
+
+def _new_shortcut(conv: nn.Conv2d, shortcut: str) -> nn.Module:
+    if _shortcut_kind(conv, shortcut) == "free":
+        return ParameterFreeShortcut(tuple(conv.stride), conv.in_channels, conv.out_channels)
+    return _conv_shortcut(conv)
+
+
+def _needs_new_shortcut(gm: fx.GraphModule, node: fx.Node, binary: set) -> bool:
+    """Whether :func:`add_double_skips` gives the binary conv at ``node`` a new shortcut module (its
+    shape changes and no downsample branch of the block fits)."""
+    conv = module_of(gm, node)
+    return (_keeps_spatial_size(conv)
+            and not (tuple(conv.stride) == (1, 1) and conv.in_channels == conv.out_channels)
+            and _existing_downsample(gm, node, conv, binary) is None)
+
+
+def keep_costly_layers_float(gm: fx.GraphModule, plan: "LayerPlan", shortcut: str) -> None:
+    """Move to float the binary 1x1 convs that would get a new float 1x1 conv shortcut.
+
+    Why: per output value the float conv costs ``k*k*in`` MACs, the float shortcut ``in`` MACs and the
+    binary conv ``k*k*in / B`` (B, the binary kernel's speed-up over a float MAC, is 4-18 on x86). For
+    ``k = 1`` the binary layer with its shortcut costs more than the float layer for every B, for
+    ``k >= 2`` less for every B > 1.33: the rule needs no measured constant. A 1x1 conv stays binary
+    where its shortcut is parameter-free (:func:`_shortcut_kind`) or an existing downsample branch."""
+    binary = set(plan.binary)
+    for node in gm.graph.nodes:
+        conv = module_of(gm, node)
+        if (node.op == "call_module" and node.target in binary and isinstance(conv, nn.Conv2d)
+                and tuple(conv.kernel_size) == (1, 1) and _shortcut_kind(conv, shortcut) == "conv"
+                and _needs_new_shortcut(gm, node, binary)):
+            binary.discard(node.target)
+            plan.kept_float[node.target] = (f"1x1 convolution {conv.in_channels} -> {conv.out_channels} channels: its "
+                                            f"new float shortcut would cost as much as the float layer "
+                                            f"(keep_costly_float=True)")
+    plan.binary = [name for name in plan.binary if name in binary]
+
+
+def add_double_skips(gm: fx.GraphModule, binary: Sequence[str], shortcut: str = "auto") -> List[str]:
     """Give every binary conv (with its BatchNorm) its own shortcut, Bi-Real style:
     identity where shapes match, the block's existing downsample branch where there is one,
-    otherwise a new AvgPool + 1x1 conv + BN. Returns the names of the modules added."""
+    otherwise a new one (:func:`_shortcut_kind`). Returns the names of the modules added."""
     binary_set = set(binary)
     added = []
     for node in list(gm.graph.nodes):
@@ -269,17 +347,17 @@ def add_double_skips(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
         source = node.args[0]
         out = following_batchnorm(gm, node) or node
         if tuple(conv.stride) == (1, 1) and conv.in_channels == conv.out_channels:
-            shortcut = source
+            skip = source
         else:
-            shortcut = _existing_downsample(gm, node, conv, binary_set)
-            if shortcut is None:
+            skip = _existing_downsample(gm, node, conv, binary_set)
+            if skip is None:
                 name = node.target.replace(".", "_") + "_skip"
-                gm.add_submodule(name, _new_downsample(conv))
+                gm.add_submodule(name, _new_shortcut(conv, shortcut))
                 added.append(name)
                 with gm.graph.inserting_after(source):
-                    shortcut = tag(gm.graph.call_module(name, (source,)), "double_skip")
+                    skip = tag(gm.graph.call_module(name, (source,)), "double_skip")
         with gm.graph.inserting_after(out):
-            summed = tag(gm.graph.call_function(operator.add, (out, shortcut)), "double_skip_add")
+            summed = tag(gm.graph.call_function(operator.add, (out, skip)), "double_skip_add")
         out.replace_all_uses_with(summed, delete_user_cb=lambda user: user is not summed)
     topological_sort(gm.graph)
     return added

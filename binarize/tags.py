@@ -11,7 +11,7 @@ role                      node
                           (``activation="hardtanh"`` or ``"prelu"``)
 ``"sign_input_copy"``     a pass-through op (average pooling, dropout) cloned behind it
 ``"moved_relu"``          a ReLU moved behind max-pooling/flatten for the float consumers
-``"double_skip"``         a new Bi-Real shortcut branch (AvgPool + 1x1 conv + BN)
+``"double_skip"``         a new shortcut branch (Bi-Real's AvgPool + 1x1 conv + BN, or parameter-free)
 ``"double_skip_add"``     the addition of a double skip
 ========================  ======================================================================
 

@@ -18,12 +18,7 @@ from binarize.models import resnet_small
 TINY_KWARGS = {"widths": [4, 8], "blocks": [1, 1]}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(4,8,8)", "--model-arg", "blocks=(1,1,1)"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_help_lists_every_command(capsys):

@@ -21,6 +21,13 @@ def conv_names(model, keep):
     return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and keep(n, m)]
 
 
+def shortcut_is_free(conv: nn.Conv2d) -> bool:
+    """A 1x1 conv whose channel counts divide gets a parameter-free shortcut; other shape-changing 1x1
+    convs would need a float 1x1 shortcut as costly as themselves and stay float (double-skip methods)."""
+    return (tuple(conv.kernel_size) != (1, 1) or conv.in_channels % conv.out_channels == 0
+            or conv.out_channels % conv.in_channels == 0)
+
+
 # Expected binary layers, derived from each architecture independently of the pass's rules.
 ARCHITECTURES = {
     "resnet18": lambda m: conv_names(m, lambda n, c: n.startswith("layer") and "downsample" not in n),
@@ -44,6 +51,9 @@ def test_torchvision_models_convert_train_and_replace_exactly_the_expected_layer
     model = torchvision_models[arch]
     bnn = binarize.convert(model, method)
     expected = ARCHITECTURES[arch](model)
+    if bnn.binarize_config.double_skip:
+        modules = dict(model.named_modules())
+        expected = [name for name in expected if shortcut_is_free(modules[name])]
     assert bnn.binarize_plan.binary == expected
     replaced = [n for n, m in bnn.named_modules() if isinstance(m, BinaryLayer)]
     assert sorted(replaced) == sorted(expected)
@@ -314,3 +324,65 @@ def test_topological_sort_fixes_forward_references():
     passes.topological_sort(gm.graph)
     order = list(gm.graph.nodes)
     assert order.index(tanh) < order.index(relu)
+
+
+# ------------------------------------------------------------------ shortcuts and the cost rule
+def test_parameter_free_shortcut_repeats_or_averages_channels_after_pooling():
+    x = torch.randn(2, 4, 5, 7)
+    pooled = nn.functional.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+    widen = passes.ParameterFreeShortcut((2, 2), 4, 12)
+    assert torch.equal(widen(x), torch.stack([pooled[:, c // 3] for c in range(12)], 1))
+    narrow = passes.ParameterFreeShortcut((1, 1), 4, 2)
+    assert torch.allclose(narrow(x), torch.stack([(x[:, 0] + x[:, 1]) / 2, (x[:, 2] + x[:, 3]) / 2], 1))
+    assert not list(widen.parameters())
+    with pytest.raises(ValueError, match="4 -> 6 channels"):
+        passes.ParameterFreeShortcut((1, 1), 4, 6)
+
+
+class PointwiseNet(nn.Module):
+    """A 3x3 conv that widens 8 -> 16 (no downsample branch) and three 1x1 convs: 16 -> 32 (divides),
+    32 -> 24 (does not divide) and 24 -> 24 (same shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.wide = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU())
+        self.odd = nn.Sequential(nn.Conv2d(32, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.same = nn.Sequential(nn.Conv2d(24, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc(self.same(self.odd(self.expand(self.wide(self.stem(x))))).mean((2, 3)))
+
+
+def _shortcut_modules(bnn):
+    return {name: type(module).__name__ for name, module in bnn.named_children() if name.endswith("_skip")}
+
+
+@pytest.mark.parametrize("options, binary, shortcuts", [
+    ({}, ["wide.0", "expand.0", "same.0"],
+     {"wide_0_skip": "Sequential", "expand_0_skip": "ParameterFreeShortcut"}),
+    ({"shortcut": "free"}, ["wide.0", "expand.0", "same.0"],
+     {"wide_0_skip": "ParameterFreeShortcut", "expand_0_skip": "ParameterFreeShortcut"}),
+    ({"shortcut": "conv"}, ["wide.0", "same.0"], {"wide_0_skip": "Sequential"}),
+    ({"shortcut": "conv", "keep_costly_float": False}, ["wide.0", "expand.0", "odd.0", "same.0"],
+     {"wide_0_skip": "Sequential", "expand_0_skip": "Sequential", "odd_0_skip": "Sequential"}),
+])
+def test_shortcut_kinds_and_the_cost_rule(options, binary, shortcuts):
+    bnn = binarize.convert(PointwiseNet(), "bireal", **options)
+    assert bnn.binarize_plan.binary == binary
+    assert _shortcut_modules(bnn) == shortcuts
+    for name in set(["wide.0", "expand.0", "odd.0", "same.0"]) - set(binary):
+        assert "new float shortcut would cost as much as the float layer" in bnn.binarize_plan.kept_float[name]
+    out = bnn(torch.randn(2, 3, 6, 6))
+    assert out.shape == (2, 10)
+
+
+def test_methods_without_double_skips_binarize_every_pointwise_conv():
+    assert binarize.convert(PointwiseNet(), "xnor").binarize_plan.binary == ["wide.0", "expand.0", "odd.0", "same.0"]
+
+
+def test_bad_shortcut_option_is_named():
+    with pytest.raises(ValueError, match="shortcut='fast'"):
+        binarize.convert(PointwiseNet(), "bireal", shortcut="fast")

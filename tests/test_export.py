@@ -238,12 +238,17 @@ def mobilenet_v3_small() -> nn.Module:
 NO_BATCHNORM_CASES = {
     "vgg11": (vgg11_like, 32, {"double_skip": False}),
     "alexnet": (alexnet_like, 40, {"double_skip": False}),
-    "mobilenet_v3_small": (mobilenet_v3_small, 32, {}),
+    # Its 1x1 convs change the channel count with no downsample branch to reuse: parameter-free
+    # shortcuts (channel repetition, grouped averaging), and float conv shortcuts with the cost rule off.
+    "mobilenet_v3_small": (mobilenet_v3_small, 32, {"double_skip": True, "shortcut": "free"}),
+    "mobilenet_v3_small_conv_shortcuts": (mobilenet_v3_small, 32,
+                                          {"double_skip": True, "shortcut": "conv", "keep_costly_float": False}),
 }
 
 
 @pytest.mark.parametrize("case, method", [("vgg11", m) for m in METHODS] + [("alexnet", "xnor"),
-                                                                         ("mobilenet_v3_small", "xnor")])
+                                                                         ("mobilenet_v3_small", "xnor"),
+                                                                         ("mobilenet_v3_small_conv_shortcuts", "xnor")])
 def test_binary_conv_without_batchnorm_exports_and_matches_pytorch(case, method, tmp_path):
     bnn, x = binarized(case, method, cases=NO_BATCHNORM_CASES)
     model = onnx.load(binarize.export(bnn, tmp_path / f"{case}-{method}.onnx", x[:1]))

@@ -28,12 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from finetune_worker import tiny_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's 2 cores are shared: one thread is faster and steadier
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------ loss terms by hand

@@ -38,14 +38,17 @@ def test_convert_config_round_trips_with_its_classes():
     assert data["options"]["exclude_types"] == ["torch.nn.modules.linear:Linear"]
     assert data["options"]["version"] == binarize.CBCNConfig.version
     assert ckpt.config_from_data(data) == config
-    unversioned = {"method": "cbcn", "options": {k: v for k, v in data["options"].items() if k != "version"}}
-    assert ckpt.config_from_data(unversioned) == config  # recipes written before configs carried a version
-    with pytest.raises(ConfigVersionError, match="CBCNConfig data of version 2"):
-        ckpt.config_from_data({"method": "cbcn", "options": dict(data["options"], version=2)})
+    # Recipes written before configs carried a version are version 1, which had no shortcut options:
+    # they rebuild the model they described, without the cost rule of version 2.
+    version_1 = {k: v for k, v in data["options"].items() if k not in ("version", "shortcut", "keep_costly_float")}
+    rebuilt = ckpt.config_from_data({"method": "cbcn", "options": version_1})
+    assert rebuilt == dataclasses.replace(config, shortcut="conv", keep_costly_float=False)
+    future = binarize.CBCNConfig.version + 1
+    with pytest.raises(ConfigVersionError, match=f"CBCNConfig data of version {future}"):
+        ckpt.config_from_data({"method": "cbcn", "options": dict(data["options"], version=future)})
 
 
-def test_training_checkpoint_of_another_version_is_refused_naming_file_and_versions(tmp_path):
-    torch.set_num_threads(1)
+def test_training_checkpoint_of_another_version_is_refused_naming_file_and_versions(tmp_path, one_thread):
     torch.manual_seed(0)
     teacher = tiny_model(True)
     first, second, third = (binarize.convert(teacher, "xnor") for _ in range(3))  # before finetune freezes the teacher

@@ -70,8 +70,7 @@ def gained_sign():
     assert "gained_sign" not in binarize.METHODS
 
 
-def test_a_registered_method_converts_trains_with_its_policy_and_exports(gained_sign, tmp_path):
-    torch.set_num_threads(1)
+def test_a_registered_method_converts_trains_with_its_policy_and_exports(gained_sign, tmp_path, one_thread):
     torch.manual_seed(0)
     teacher = tiny_model(True)
     student = binarize.convert(teacher, "gained_sign", gain_loss_weight=0.25)

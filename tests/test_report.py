@@ -33,7 +33,7 @@ def test_report_has_every_section_and_the_environment(smoke_report):
                     "## 2. Quantization error (BiPer figure 3)", "## 3. Speed, size and training cost",
                     "### Training cost"):
         assert heading in text
-    for key in ("| command | `PYTHONPATH=. python benchmarks/report.py --smoke", "| binarize commit |",
+    for key in ("| command | `python benchmarks/report.py --smoke", "| binarize commit |",
                 "| onnxruntime |", "| ISA flags |"):
         assert key in text
 

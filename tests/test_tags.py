@@ -11,25 +11,7 @@ import binarize
 from binarize import passes, tags
 from binarize.methods.xnor import XnorConfig, XnorConv2d
 
-
-class PlainNet(nn.Module):
-    """conv0 (float, first) -> conv1 (same shape) -> conv2 (stride 2, 8 -> 16 channels) -> ReLU ->
-    MaxPool -> conv3 (no BatchNorm) -> fc (float, last)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv0, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
-        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
-        self.conv2, self.bn2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16)
-        self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, x):
-        a0 = torch.relu(self.bn0(self.conv0(x)))
-        a1 = nn.functional.relu(self.bn1(self.conv1(a0)))
-        a2 = self.pool(nn.functional.relu(self.bn2(self.conv2(a1))))
-        return self.fc(self.conv3(a2).relu().mean((2, 3)))
+from test_convert import PlainNet  # conv0 (float) -> conv1 -> conv2 (stride 2, 8 -> 16) -> MaxPool -> conv3 -> fc
 
 
 def tagged(gm):

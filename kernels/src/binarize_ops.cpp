@@ -62,7 +62,7 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 // ------------------------------------------------------------------------------------------
 // Instruction set selection.
 // ------------------------------------------------------------------------------------------
-enum class Isa { reference, scalar, avx2, avx512 };
+enum class Isa { reference, scalar, avx2, avx512bw, avx512 };
 
 bool cpu_supports(Isa isa) {
     switch (isa) {
@@ -72,6 +72,9 @@ bool cpu_supports(Isa isa) {
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2:
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+        case Isa::avx512bw:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
         case Isa::avx512:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -87,6 +90,7 @@ const char* isa_name(Isa isa) {
         case Isa::reference: return "reference";
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
+        case Isa::avx512bw: return "avx512bw";
         case Isa::avx512: return "avx512";
     }
     return "?";
@@ -97,6 +101,7 @@ const IsaKernels* isa_kernels(Isa isa) {
         case Isa::scalar: return &isa_scalar::kernels;
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2: return &isa_avx2::kernels;
+        case Isa::avx512bw: return &isa_avx512bw::kernels;
         case Isa::avx512: return &isa_avx512::kernels;
 #endif
         default: return nullptr;
@@ -104,7 +109,7 @@ const IsaKernels* isa_kernels(Isa isa) {
 }
 
 // Fastest first; the reference path is only ever used when asked for.
-constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar};
+constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::scalar};
 
 // BINARIZE_ISA is read when a kernel is created (session creation), so one process can hold
 // sessions pinned to different paths, which is how the tests compare them.
@@ -115,12 +120,12 @@ Isa choose_isa(const char* op) {
             if (cpu_supports(isa)) return isa;
         return Isa::scalar;
     }
-    for (Isa isa : {Isa::reference, Isa::scalar, Isa::avx2, Isa::avx512}) {
+    for (Isa isa : {Isa::reference, Isa::scalar, Isa::avx2, Isa::avx512bw, Isa::avx512}) {
         if (std::string(requested) != isa_name(isa)) continue;
         if (!cpu_supports(isa)) fail(op, "BINARIZE_ISA=", requested, " is not supported by this CPU");
         return isa;
     }
-    fail(op, "BINARIZE_ISA=", requested, " is not one of avx512, avx2, scalar, reference");
+    fail(op, "BINARIZE_ISA=", requested, " is not one of avx512, avx512bw, avx2, scalar, reference");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -625,7 +630,7 @@ const BinaryOp<true> binary_linear_op;
 
 std::string available_isa_list() {
     std::string list;
-    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar, Isa::reference})
+    for (Isa isa : {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::scalar, Isa::reference})
         if (cpu_supports(isa)) list += std::string(list.empty() ? "" : ",") + isa_name(isa);
     return list;
 }

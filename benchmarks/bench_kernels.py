@@ -38,7 +38,7 @@ from binarize import packing, runtime
 from binarize.kernels import available_isas
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
-LOOP_BOUND_LAYER = (1024, 12)
+LOOP_BOUND_LAYER = (512, 12)
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)]
 
 
@@ -175,8 +175,8 @@ def main():
     for threads in args.threads:
         overhead, = median_us([plain_session(empty_model(), threads)], {"X": np.ones(1, np.float32)}, args.runs)
         print(f"\nthreads = {threads}   (empty run, ORT per-call floor: {overhead:.1f} us)")
-        header = f"{'layer':<12}" + "".join(f"{name:>15}" for name in columns)
-        header += "".join(f"{'float/' + isa:>14}{'int8/' + isa:>13}" for isa in isas)
+        header = f"{'layer':<12}" + "".join(f"{name:>17}" for name in columns)
+        header += "".join(f"{'float/' + isa:>16}{'int8/' + isa:>15}" for isa in isas)
         print(header)
         for c, size in LAYERS:
             binary, fp, int8 = models[c]
@@ -186,8 +186,8 @@ def main():
             *times, float_time, int8_time = median_us(sessions, feed, args.runs)
             if threads == 1:
                 single_thread_times[c, size] = dict(zip(isas, times))
-            row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>15.1f}" for t in times + [float_time, int8_time])
-            row += "".join(f"{float_time / t:>13.1f}x{int8_time / t:>12.1f}x" for t in times)
+            row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>17.1f}" for t in times + [float_time, int8_time])
+            row += "".join(f"{float_time / t:>15.1f}x{int8_time / t:>14.1f}x" for t in times)
             print(row)
     if single_thread_times:
         print_macs_per_cycle(isas, single_thread_times, rng, max(20, args.runs // 20))

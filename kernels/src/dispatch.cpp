@@ -11,6 +11,9 @@ bool cpu_supports(Isa isa) {
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2:
             return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+        case Isa::avx512bw:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
         case Isa::avx512:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -22,8 +25,8 @@ bool cpu_supports(Isa isa) {
 }
 
 // Fastest first; the reference path is only ever used when asked for.
-constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar};
-constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar, Isa::reference};
+constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::scalar};
+constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::scalar, Isa::reference};
 
 }  // namespace
 
@@ -32,6 +35,7 @@ const char* isa_name(Isa isa) {
         case Isa::reference: return "reference";
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
+        case Isa::avx512bw: return "avx512bw";
         case Isa::avx512: return "avx512";
     }
     return "?";
@@ -42,6 +46,7 @@ const IsaKernels* isa_kernels(Isa isa) {
         case Isa::scalar: return &isa_scalar::kernels;
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2: return &isa_avx2::kernels;
+        case Isa::avx512bw: return &isa_avx512bw::kernels;
         case Isa::avx512: return &isa_avx512::kernels;
 #endif
         default: return nullptr;
@@ -68,7 +73,7 @@ IsaChoice choose_isa(const std::string& requested, const char* source) {
         choice.isa = isa;
         return choice;
     }
-    choice.error = std::string(source) + "=" + requested + " is not one of avx512, avx2, scalar, reference";
+    choice.error = std::string(source) + "=" + requested + " is not one of avx512, avx512bw, avx2, scalar, reference";
     return choice;
 }
 

@@ -9,12 +9,12 @@
 
 namespace binarize {
 
-enum class Isa { reference, scalar, avx2, avx512 };
+enum class Isa { reference, scalar, avx2, avx512bw, avx512 };
 
 const char* isa_name(Isa isa);
 // The ISA kernels of a path; nullptr for the reference path (reference_kernels.h).
 const IsaKernels* isa_kernels(Isa isa);
-// Paths this CPU can run, fastest first, comma-separated (e.g. "avx512,avx2,scalar,reference").
+// Paths this CPU can run, fastest first, comma-separated (e.g. "avx512,avx512bw,avx2,scalar,reference").
 std::string available_isa_list();
 
 // The path for a session: `requested` (empty = the fastest this CPU supports) from `source`

@@ -63,6 +63,7 @@ struct IsaKernels {
 namespace isa_scalar { extern const IsaKernels kernels; }
 #if defined(BINARIZE_X86_KERNELS)
 namespace isa_avx2 { extern const IsaKernels kernels; }
+namespace isa_avx512bw { extern const IsaKernels kernels; }
 namespace isa_avx512 { extern const IsaKernels kernels; }
 #endif
 

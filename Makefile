@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.package-built
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-aarch64 bench clean
 
 $(DEPS): constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(BUILT)
 
 test: $(BUILT)
 	$(PY) -m pytest -q tests
+
+# The aarch64 build of the kernels and the C++ runner, tested under qemu (kernels/aarch64/test.sh;
+# installs its cross toolchain on first use, skips with the reason when it cannot).
+test-aarch64: $(BUILT)
+	sh kernels/aarch64/test.sh $(PY)
 
 bench: $(BUILT)
 	$(PY) benchmarks/bench_kernels.py

@@ -62,7 +62,7 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 // ------------------------------------------------------------------------------------------
 // Instruction set selection.
 // ------------------------------------------------------------------------------------------
-enum class Isa { reference, scalar, avx2, avx512 };
+enum class Isa { reference, scalar, avx2, avx512, neon };
 
 bool cpu_supports(Isa isa) {
     switch (isa) {
@@ -77,6 +77,10 @@ bool cpu_supports(Isa isa) {
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                    __builtin_cpu_supports("avx512vpopcntdq");
 #endif
+#if defined(BINARIZE_NEON_KERNELS)
+        case Isa::neon:  // baseline on AArch64
+            return true;
+#endif
         default:
             return false;
     }
@@ -88,6 +92,7 @@ const char* isa_name(Isa isa) {
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
         case Isa::avx512: return "avx512";
+        case Isa::neon: return "neon";
     }
     return "?";
 }
@@ -99,12 +104,15 @@ const IsaKernels* isa_kernels(Isa isa) {
         case Isa::avx2: return &isa_avx2::kernels;
         case Isa::avx512: return &isa_avx512::kernels;
 #endif
+#if defined(BINARIZE_NEON_KERNELS)
+        case Isa::neon: return &isa_neon::kernels;
+#endif
         default: return nullptr;
     }
 }
 
 // Fastest first; the reference path is only ever used when asked for.
-constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar};
+constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx2, Isa::neon, Isa::scalar};
 
 // BINARIZE_ISA is read when a kernel is created (session creation), so one process can hold
 // sessions pinned to different paths, which is how the tests compare them.
@@ -115,12 +123,12 @@ Isa choose_isa(const char* op) {
             if (cpu_supports(isa)) return isa;
         return Isa::scalar;
     }
-    for (Isa isa : {Isa::reference, Isa::scalar, Isa::avx2, Isa::avx512}) {
+    for (Isa isa : {Isa::reference, Isa::scalar, Isa::avx2, Isa::avx512, Isa::neon}) {
         if (std::string(requested) != isa_name(isa)) continue;
         if (!cpu_supports(isa)) fail(op, "BINARIZE_ISA=", requested, " is not supported by this CPU");
         return isa;
     }
-    fail(op, "BINARIZE_ISA=", requested, " is not one of avx512, avx2, scalar, reference");
+    fail(op, "BINARIZE_ISA=", requested, " is not one of avx512, avx2, neon, scalar, reference");
 }
 
 // ------------------------------------------------------------------------------------------
@@ -625,7 +633,7 @@ const BinaryOp<true> binary_linear_op;
 
 std::string available_isa_list() {
     std::string list;
-    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar, Isa::reference})
+    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::neon, Isa::scalar, Isa::reference})
         if (cpu_supports(isa)) list += std::string(list.empty() ? "" : ",") + isa_name(isa);
     return list;
 }

@@ -1,8 +1,9 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
-// CMake compiles this file three times: BINARIZE_ISA_SCALAR (baseline flags), BINARIZE_ISA_AVX2
-// (-mavx2 -mpopcnt) and BINARIZE_ISA_AVX512 (-mavx512f/bw/vl/dq/vpopcntdq). Only the `Isa`
-// traits differ; the packing, the register-blocked loop and the epilogue are the same source.
+// CMake compiles this file once per ISA of the target: BINARIZE_ISA_SCALAR (baseline flags)
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt) and BINARIZE_ISA_AVX512
+// (-mavx512f/bw/vl/dq/vpopcntdq); on aarch64 BINARIZE_ISA_NEON (traits in neon_isa.h). Only the
+// `Isa` traits differ; the packing, the register-blocked loop and the epilogue are the same source.
 // Everything lives in a per-ISA namespace and uses no inline library templates (no <algorithm>,
 // no <vector>), so no AVX-512 instruction can leak into code shared with other ISAs through
 // the linker's deduplication of inline functions.
@@ -19,11 +20,15 @@
 #define BINARIZE_ISA_NAMESPACE isa_avx2
 #define BINARIZE_ISA_NAME "avx2"
 #include <immintrin.h>
+#elif defined(BINARIZE_ISA_NEON)
+#define BINARIZE_ISA_NAMESPACE isa_neon
+#define BINARIZE_ISA_NAME "neon"
+#include <arm_neon.h>
 #elif defined(BINARIZE_ISA_SCALAR)
 #define BINARIZE_ISA_NAMESPACE isa_scalar
 #define BINARIZE_ISA_NAME "scalar"
 #else
-#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512"
+#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
 #endif
 
 namespace binarize {
@@ -187,6 +192,8 @@ struct Isa {
         for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
     }
 };
+#elif defined(BINARIZE_ISA_NEON)
+#include "neon_isa.h"
 #else
 struct Isa {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.

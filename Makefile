@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check --quiet
 DEPS := $(VENV)/.deps-installed
 BUILT := $(VENV)/.package-built
 
-.PHONY: demo test test-aarch64 bench clean
+.PHONY: demo test test-aarch64 wheels bench clean
 
 $(DEPS): constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,12 @@ test: $(BUILT)
 test-aarch64: $(BUILT)
 	sh kernels/aarch64/test.sh $(PY)
 
+# dist/: the sdist and manylinux_2_28 wheels for x86_64 and aarch64 (packaging/build_wheels.sh).
+wheels: $(DEPS)
+	sh packaging/build_wheels.sh $(PY)
+
 bench: $(BUILT)
 	$(PY) benchmarks/bench_kernels.py
 
 clean:
-	rm -rf $(VENV) build .cache *.egg-info binarize/*.so
+	rm -rf $(VENV) build dist .cache *.egg-info binarize/*.so

@@ -22,6 +22,9 @@
 
 #include "kernel_api.h"
 #include "reference_kernels.h"
+#if defined(BINARIZE_X86_KERNELS)
+#include "x86_features.h"
+#endif
 
 #if defined(_WIN32)
 #define BINARIZE_EXPORT __declspec(dllexport)
@@ -71,11 +74,9 @@ bool cpu_supports(Isa isa) {
             return true;
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+            return cpu_has_avx2();
         case Isa::avx512:
-            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                   __builtin_cpu_supports("avx512vpopcntdq");
+            return cpu_has_avx512_popcount();
 #endif
 #if defined(BINARIZE_NEON_KERNELS)
         case Isa::neon:  // baseline on AArch64

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the sdist and, from it, manylinux_2_28 wheels for x86_64 and aarch64 into dist/, checks
 # them with `auditwheel show`, and installs the sdist and the host's wheel into fresh virtual
-# environments, where tests/test_kernels.py and tests/test_cpu_detection.py must pass.
+# environments, where tests/test_kernels.py and tests/test_cpu_detection.py must pass; when
+# `make test-aarch64` has run, the aarch64 wheel's library also passes its tests under qemu.
 #
 #   packaging/build_wheels.sh [PYTHON]     (make wheels; default PYTHON: .venv/bin/python)
 #
@@ -64,4 +65,19 @@ for package in "$dist/binarize-$version.tar.gz" "$dist/binarize-$version-py3-non
     (cd "$work" && "$venv/bin/python" -c "import binarize.kernels as k; print(k.library_path(), k.available_isas())" &&
      "$venv/bin/python" -m pytest -q -p no:cacheprovider "$repo/tests/test_kernels.py" "$repo/tests/test_cpu_detection.py")
 done
+# The aarch64 wheel's library under qemu, with the runner and emulator `make test-aarch64` left.
+runner="$repo/build/aarch64/runner"
+if [ -x "$runner/binarize_run" ] && [ -x "$repo/.cache/aarch64/qemu-aarch64" ]; then
+    device="$work/aarch64/device"
+    mkdir -p "$device"
+    cp "$runner/binarize_run" "$device/" && cp -L "$runner/libonnxruntime.so.1" "$device/"
+    (cd "$device" && "$python" -m zipfile -e "$dist/binarize-$version-py3-none-manylinux_2_28_aarch64.whl" wheel &&
+     mv wheel/binarize/libbinarize_ort.so . && rm -rf wheel)
+    echo "== the aarch64 wheel's libbinarize_ort.so under qemu:" >&2
+    (cd "$repo" && BINARIZE_AARCH64_BUILD="$device" \
+        BINARIZE_AARCH64_EMULATOR="$repo/.cache/aarch64/qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+        "$python" -m pytest -q -p no:cacheprovider tests/test_cpp_runner.py -k aarch64)
+else
+    echo "(run make test-aarch64 first to also test the aarch64 wheel's library under qemu)" >&2
+fi
 ls -l "$dist"

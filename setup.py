@@ -7,8 +7,8 @@ It works for ``pip install .`` (the library goes into the wheel's ``binarize/``)
 The ONNX Runtime C API headers come with the source (kernels/third_party/onnxruntime, MIT), or
 from $ORT_INCLUDE_DIR when it is set: the build needs no network.
 
-BINARIZE_PORTABLE=1 links libstdc++ and libgcc statically, for wheels that run on other
-machines (manylinux_2_28; see packaging/build_wheels.sh).
+BINARIZE_PORTABLE=1 links the C++ runtime statically and strips the library, for wheels that run
+on other machines (manylinux_2_28; see packaging/build_wheels.sh).
 """
 import os
 import shutil
@@ -49,7 +49,7 @@ class CMakeBuild(build_ext):
         portable = "ON" if os.environ.get("BINARIZE_PORTABLE") == "1" else "OFF"
         # ORT_INCLUDE_DIR, when set, reaches CMake through the environment.
         subprocess.run(["cmake", "-S", str(ext.source_dir), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                        f"-DBINARIZE_STATIC_LIBSTDCXX={portable}"], check=True)
+                        f"-DBINARIZE_PORTABLE={portable}"], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)], check=True)
         destination = Path(self.get_ext_fullpath(ext.name)).resolve()
         destination.parent.mkdir(parents=True, exist_ok=True)

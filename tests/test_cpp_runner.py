@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import binarize
-from binarize.kernels import library_path
+from binarize.kernels import available_isas, library_path
 from test_export import CifarResNet, trained_batchnorms
 from test_kernels import CONV_CASES, conv_model, make_model, random_input, random_signs, torch_conv
 
@@ -95,6 +95,7 @@ def test_cpp_runner_reproduces_python_runtime(host_runner, exported_model):
     assert result.returncode == 0, result.stderr
     np.testing.assert_array_equal(np.load(job[2]), expected)  # same libraries, same thread count
     assert f"argmax per row: {' '.join(map(str, expected.argmax(1)))}" in result.stdout
+    assert f"binarize kernel paths (fastest first): {','.join(available_isas())}\n" in result.stdout
 
 
 def test_cpp_runner_reports_bad_input_and_exits_nonzero(host_runner, exported_model, tmp_path):
@@ -189,9 +190,11 @@ def test_aarch64_kernels_match_pytorch(aarch64_runner, isa, tmp_path):
 
 
 @needs_aarch64
-def test_aarch64_refuses_x86_paths_and_unknown_names(aarch64_runner, exported_model, tmp_path):
+def test_aarch64_lists_neon_first_and_refuses_x86_paths(aarch64_runner, exported_model, tmp_path):
     folder, _ = exported_model
     job = (folder / "model.onnx", folder / "input.npy", tmp_path / "out.npy")
+    result = aarch64_runner.run([job])
+    assert "binarize kernel paths (fastest first): neon,scalar,reference\n" in result.stdout, result.stderr
     result = aarch64_runner.run([job], isa="avx2")
     assert result.returncode == 1 and "BINARIZE_ISA=avx2 is not supported by this CPU" in result.stderr
     result = aarch64_runner.run([job], isa="sse9")

@@ -8,7 +8,9 @@
 // numpy.save) and its first output is written to OUTPUT (float32 .npy). For each run it prints
 // the output shape and, per row, the index of the largest value (the predicted class of a
 // classifier). Several triples in one call share the process, which keeps start-up (slow under
-// an emulator) out of the loop. BINARIZE_ISA=neon|scalar|reference|... forces a kernel path.
+// an emulator) out of the loop. It first prints the kernel paths the op library can run on this
+// CPU, fastest (the default) first; BINARIZE_ISA=neon|scalar|reference|... forces one.
+#include <dlfcn.h>
 #include <onnxruntime_cxx_api.h>
 
 #include <cstdint>
@@ -133,6 +135,17 @@ void run_one(Ort::Env& env, const Ort::SessionOptions& options, const std::strin
     std::cout << "\n";
 }
 
+// binarize_available_isas() of the op library ORT has just loaded (RTLD_NOLOAD: the same copy).
+std::string kernel_paths(const std::string& ops_library) {
+    void* library = dlopen(ops_library.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    if (library == nullptr) return "?";
+    using AvailableIsas = const char* (*)();
+    const auto available = reinterpret_cast<AvailableIsas>(dlsym(library, "binarize_available_isas"));
+    const std::string paths = available != nullptr ? available() : "?";
+    dlclose(library);
+    return paths;
+}
+
 int usage() {
     std::cerr << "usage: binarize_run --ops LIBBINARIZE_ORT.so [--threads N] MODEL.onnx INPUT.npy OUTPUT.npy "
                  "[MODEL INPUT OUTPUT ...]\n";
@@ -165,6 +178,7 @@ int main(int argc, char** argv) {
         Ort::SessionOptions options;
         options.SetIntraOpNumThreads(threads);
         options.RegisterCustomOpsLibrary(ops_library.c_str());
+        std::cout << "binarize kernel paths (fastest first): " << kernel_paths(ops_library) << "\n";
         for (size_t i = 0; i < files.size(); i += 3) run_one(env, options, files[i], files[i + 1], files[i + 2]);
     } catch (const std::exception& error) {
         std::cerr << "binarize_run: error: " << error.what() << "\n";

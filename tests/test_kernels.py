@@ -28,10 +28,8 @@ from binarize import runtime  # noqa: E402  (after the library check, for a clea
 
 ISAS = available_isas()
 # Every kernel path the library has; a path this CPU lacks is skipped, never failed.
-ALL_ISAS = ["avx512", "avx512bw", "avx2", "scalar", "reference"]
-# The CPU features each x86 path needs, as /proc/cpuinfo names them.
-ISA_CPU_FLAGS = {"avx512": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vpopcntdq"},
-                 "avx512bw": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}, "avx2": {"avx2", "popcnt"}}
+# (Which paths the CPU offers is tested against /proc/cpuinfo in test_cpu_detection.py.)
+ALL_ISAS = ["avx512", "avx512bw", "avx2", "neon", "scalar", "reference"]
 
 
 def each_isa(test):
@@ -155,15 +153,6 @@ def test_weights_as_graph_input_are_packed_per_call(isa):
     np.testing.assert_array_equal(y, expected, err_msg=isa)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the CPU flags from /proc/cpuinfo")
-def test_available_isas_follow_the_cpu_flags():
-    """The library offers exactly the x86 paths whose features the kernel reports (none elsewhere)."""
-    with open("/proc/cpuinfo") as cpuinfo:
-        flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo if line.startswith("flags")), set())
-    expected = [isa for isa in ALL_ISAS if isa not in ISA_CPU_FLAGS or ISA_CPU_FLAGS[isa] <= flags]
-    assert list(ISAS) == expected
-
-
 def test_pack_bits_layout_and_roundtrip():
     signs = np.ones((2, 130, 3, 1), np.float32)
     signs[0, 0, 0, 0] = -1     # bit 0 of word 0
@@ -187,7 +176,7 @@ def test_pack_bits_layout_and_roundtrip():
 def test_forcing_an_unknown_isa_is_an_error():
     model = conv_model((1, 3, 4, 4), np.ones((2, 3, 1, 1), np.float32), np.ones(2, np.float32), np.zeros(2, np.float32))
     with pytest.raises(Exception, match="BinaryConv2d: session config binarize.isa=sse9 is not one of "
-                                        "avx512, avx512bw, avx2, scalar, reference"):
+                                        "avx512, avx512bw, avx2, neon, scalar, reference"):
         runtime.session(model, isa="sse9")
 
 

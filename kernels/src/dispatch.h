@@ -1,6 +1,7 @@
 // Instruction set selection: which kernel paths this CPU can run and which one a session uses.
-// All CPU-feature detection lives in dispatch.cpp (the x86 checks behind BINARIZE_X86_KERNELS);
-// another architecture adds its Isa value, its check and its IsaKernels there.
+// Only dispatch.cpp decides which paths this CPU can run (x86-64 features read with CPUID in
+// x86_features.cpp; NEON is baseline on AArch64); another architecture adds its Isa value, its
+// check and its IsaKernels there.
 #pragma once
 
 #include <string>
@@ -9,7 +10,7 @@
 
 namespace binarize {
 
-enum class Isa { reference, scalar, avx2, avx512bw, avx512 };
+enum class Isa { reference, scalar, avx2, avx512bw, avx512, neon };
 
 const char* isa_name(Isa isa);
 // The ISA kernels of a path; nullptr for the reference path (reference_kernels.h).

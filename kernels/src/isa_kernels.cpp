@@ -1,8 +1,10 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
-// CMake compiles this file once per path: BINARIZE_ISA_SCALAR (baseline flags), BINARIZE_ISA_AVX2
-// (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW (-mavx512f/bw/vl/dq) and BINARIZE_ISA_AVX512
-// (the same + -mavx512vpopcntdq). Only the `Isa` traits differ; the packing, the register-blocked loop and the epilogue are the same source.
+// CMake compiles this file once per path of the target: BINARIZE_ISA_SCALAR (baseline flags)
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW
+// (-mavx512f/bw/vl/dq) and BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64
+// BINARIZE_ISA_NEON (traits in neon_isa.h). Only the `Isa` traits differ; the packing, the
+// register-blocked loop and the epilogue are the same source.
 // Everything lives in a per-ISA namespace and uses no inline library templates (no <algorithm>,
 // no <vector>), so no AVX-512 instruction can leak into code shared with other ISAs through
 // the linker's deduplication of inline functions.
@@ -23,11 +25,15 @@
 #define BINARIZE_ISA_NAMESPACE isa_avx2
 #define BINARIZE_ISA_NAME "avx2"
 #include <immintrin.h>
+#elif defined(BINARIZE_ISA_NEON)
+#define BINARIZE_ISA_NAMESPACE isa_neon
+#define BINARIZE_ISA_NAME "neon"
+#include <arm_neon.h>
 #elif defined(BINARIZE_ISA_SCALAR)
 #define BINARIZE_ISA_NAMESPACE isa_scalar
 #define BINARIZE_ISA_NAME "scalar"
 #else
-#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512"
+#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
 #endif
 
 namespace binarize {
@@ -288,6 +294,8 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
     }
 };
+#elif defined(BINARIZE_ISA_NEON)
+#include "neon_isa.h"
 #else
 struct Isa {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.

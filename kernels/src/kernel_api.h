@@ -66,5 +66,8 @@ namespace isa_avx2 { extern const IsaKernels kernels; }
 namespace isa_avx512bw { extern const IsaKernels kernels; }
 namespace isa_avx512 { extern const IsaKernels kernels; }
 #endif
+#if defined(BINARIZE_NEON_KERNELS)
+namespace isa_neon { extern const IsaKernels kernels; }
+#endif
 
 }  // namespace binarize

@@ -4,14 +4,15 @@ All metadata lives in pyproject.toml; this file only adds a CMake-driven ``build
 It works for ``pip install .`` (the library goes into the wheel's ``binarize/``) and for
 ``pip install -e .`` / ``python setup.py build_ext --inplace`` (it lands in ``binarize/``).
 
-The ONNX Runtime C API headers come from, in order: $ORT_INCLUDE_DIR, the system
-(/usr/include/onnxruntime, Debian/Ubuntu package libonnxruntime-dev), the cache
-.cache/ort-headers, or are downloaded into that cache by kernels/fetch_ort_headers.sh.
+The ONNX Runtime C API headers come with the source (kernels/third_party/onnxruntime, MIT), or
+from $ORT_INCLUDE_DIR when it is set: the build needs no network.
+
+BINARIZE_PORTABLE=1 links the C++ runtime statically and strips the library, for wheels that run
+on other machines (manylinux_2_28; see packaging/build_wheels.sh).
 """
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -19,7 +20,6 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 LIBRARY = "libbinarize_ort.so"
-HEADER = "onnxruntime_c_api.h"
 
 
 class CMakeExtension(Extension):
@@ -28,23 +28,6 @@ class CMakeExtension(Extension):
     def __init__(self, name: str, source_dir: Path):
         super().__init__(name, sources=[])
         self.source_dir = source_dir
-
-
-def ort_include_dir() -> str:
-    candidates = [os.environ.get("ORT_INCLUDE_DIR"), "/usr/include/onnxruntime",
-                  str(ROOT / ".cache/ort-headers/root/usr/include/onnxruntime")]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / HEADER).is_file():
-            return candidate
-    fetch = ROOT / "kernels/fetch_ort_headers.sh"
-    try:
-        result = subprocess.run(["sh", str(fetch)], check=True, stdout=subprocess.PIPE, text=True)
-    except (OSError, subprocess.CalledProcessError) as error:
-        raise RuntimeError(
-            f"ONNX Runtime headers ({HEADER}) not found and could not be fetched ({error}). Either set "
-            "ORT_INCLUDE_DIR to the directory containing them, install libonnxruntime-dev "
-            f"(/usr/include/onnxruntime), or run {fetch} with network access to deb.debian.org.") from error
-    return result.stdout.strip().splitlines()[-1]
 
 
 class CMakeBuild(build_ext):
@@ -63,8 +46,10 @@ class CMakeBuild(build_ext):
             raise RuntimeError("building the binarize kernels needs CMake >= 3.18 (apt-get install cmake, or pip install cmake)")
         build_dir = Path(self.build_temp).resolve() / "kernels"
         build_dir.mkdir(parents=True, exist_ok=True)
+        portable = "ON" if os.environ.get("BINARIZE_PORTABLE") == "1" else "OFF"
+        # ORT_INCLUDE_DIR, when set, reaches CMake through the environment.
         subprocess.run(["cmake", "-S", str(ext.source_dir), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
-                        f"-DORT_INCLUDE_DIR={ort_include_dir()}"], check=True)
+                        f"-DBINARIZE_PORTABLE={portable}"], check=True)
         subprocess.run(["cmake", "--build", str(build_dir), "--parallel", str(os.cpu_count() or 1)], check=True)
         destination = Path(self.get_ext_fullpath(ext.name)).resolve()
         destination.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,21 @@ measures that floor). The int8 model is a static per-channel QDQ quantization of
 (onnxruntime.quantization.quantize_static), which ORT executes as QuantizeLinear -> QLinearConv
 -> DequantizeLinear; likewise BinaryConv2d takes float in and gives float out, with the
 binarization of the input inside the op.
+
+Binary MACs per cycle (1 thread): the layer's C*M*9*H*W sign products over the median time times
+the core clock, which is measured here by timing a chain of dependent integer adds (one per
+cycle on every x86 core; compiled with the system C compiler). Next to it, per path, the same on
+a loop-bound layer (3x3, 512 -> 512 channels on 12x12: 4608 MACs per output and per packed input
+float, so the inner loop takes nearly all of its time while its weights, 288 KiB, stay in L2): the
+measured throughput of the inner loop in place, the practical limit of each path. Instruction counts: benchmarks/callgrind_kernels.py.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +38,7 @@ from binarize import packing, runtime
 from binarize.kernels import available_isas
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
+LOOP_BOUND_LAYER = (512, 12)
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)]
 
 
@@ -100,6 +111,44 @@ def median_us(sessions, feed, runs, rounds=5) -> list:
     return [statistics.median(times) * 1e6 for times in samples]
 
 
+def binary_macs(c, size) -> int:
+    """Sign products of one C -> C 3x3 convolution at stride 1, pad 1 (padding taps included)."""
+    return c * c * 9 * size * size
+
+
+ADD_CHAIN_SOURCE = """
+#include <stdint.h>
+uint64_t add_chain(uint64_t iterations) {  /* 64 dependent adds per iteration: 64 cycles */
+    uint64_t x = 0;
+    for (uint64_t i = 0; i < iterations; ++i)
+        __asm__ volatile(".rept 64\\n\\tadd $1, %0\\n\\t.endr" : "+r"(x));
+    return x;
+}
+"""
+
+
+def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
+    """Core clock from a dependent add chain (latency 1 cycle); the fastest of `repeats` short
+    (~2 ms) timings, the ones least disturbed by other jobs and by time slicing on a shared
+    machine (longer chains measured 1.7 instead of 4.1 GHz there). None without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    source, library = workdir / "add_chain.c", workdir / "add_chain.so"
+    source.write_text(ADD_CHAIN_SOURCE)
+    if subprocess.run([compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(library)],
+                      capture_output=True).returncode != 0:
+        return None
+    add_chain = ctypes.CDLL(str(library)).add_chain
+    add_chain.argtypes, add_chain.restype = [ctypes.c_uint64], ctypes.c_uint64
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        add_chain(iterations)
+        best = min(best, time.perf_counter() - start)
+    return 64 * iterations / best / 1e9
+
+
 def plain_session(model, threads) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -122,11 +171,12 @@ def main():
     columns = [f"binary {isa}" for isa in isas] + ["ORT float", "ORT int8"]
     print(f"onnxruntime {ort.__version__}; times in microseconds (median of {args.runs} runs); "
           f"speed-up = ORT time / binary time")
+    single_thread_times = {}
     for threads in args.threads:
         overhead, = median_us([plain_session(empty_model(), threads)], {"X": np.ones(1, np.float32)}, args.runs)
         print(f"\nthreads = {threads}   (empty run, ORT per-call floor: {overhead:.1f} us)")
-        header = f"{'layer':<12}" + "".join(f"{name:>15}" for name in columns)
-        header += "".join(f"{'float/' + isa:>14}{'int8/' + isa:>13}" for isa in isas)
+        header = f"{'layer':<12}" + "".join(f"{name:>17}" for name in columns)
+        header += "".join(f"{'float/' + isa:>16}{'int8/' + isa:>15}" for isa in isas)
         print(header)
         for c, size in LAYERS:
             binary, fp, int8 = models[c]
@@ -134,10 +184,33 @@ def main():
             sessions = [runtime.session(binary, threads=threads, isa=isa) for isa in isas]
             sessions += [plain_session(fp, threads), plain_session(int8, threads)]
             *times, float_time, int8_time = median_us(sessions, feed, args.runs)
-            row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>15.1f}" for t in times + [float_time, int8_time])
-            row += "".join(f"{float_time / t:>13.1f}x{int8_time / t:>12.1f}x" for t in times)
+            if threads == 1:
+                single_thread_times[c, size] = dict(zip(isas, times))
+            row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>17.1f}" for t in times + [float_time, int8_time])
+            row += "".join(f"{float_time / t:>15.1f}x{int8_time / t:>14.1f}x" for t in times)
             print(row)
+    if single_thread_times:
+        print_macs_per_cycle(isas, single_thread_times, rng, max(20, args.runs // 20))
 
+
+def print_macs_per_cycle(isas, times, rng, runs):
+    with tempfile.TemporaryDirectory() as tmp:
+        ghz = measure_clock_ghz(Path(tmp))
+    if ghz is None:
+        print("\nbinary MACs per cycle: no C compiler to measure the clock with")
+        return
+    c, size = LOOP_BOUND_LAYER
+    feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
+    loop_bound = median_us([runtime.session(binary_model(c, size, rng), threads=1, isa=isa) for isa in isas], feed, runs)
+    per_cycle = lambda macs, us: macs / (us * 1e-6 * ghz * 1e9)  # noqa: E731
+    print(f"\nbinary MACs per cycle, 1 thread (clock {ghz:.2f} GHz, from a dependent-add chain); "
+          f"'loop limit': the {c}@{size}x{size} loop-bound layer (median of {runs} runs)")
+    print(f"{'path':<10}" + "".join(f"{f'{l}@{s}x{s}':>12}" for l, s in times) + f"{'loop limit':>12}{'256@14 / limit':>16}")
+    for isa, limit_us in zip(isas, loop_bound):
+        limit = per_cycle(binary_macs(c, size), limit_us)
+        achieved = [per_cycle(binary_macs(l, s), layer[isa]) for (l, s), layer in times.items()]
+        share = f"{achieved[[l for l, _ in times].index(256)] / limit:>15.0%}" if (256, 14) in times else ""
+        print(f"{isa:<10}" + "".join(f"{a:>12.0f}" for a in achieved) + f"{limit:>12.0f}" + share)
 
 if __name__ == "__main__":
     main()

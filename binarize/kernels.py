@@ -18,22 +18,24 @@ def library_path() -> str:
         raise FileNotFoundError(
             f"{path} is missing: the C++ kernels are built with the package. From the repository root run\n"
             f"    pip install --no-build-isolation -e .      (or: python setup.py build_ext --inplace)\n"
-            f"which runs CMake on kernels/ (ONNX Runtime headers: $ORT_INCLUDE_DIR, /usr/include/onnxruntime, "
-            f"or fetched by kernels/fetch_ort_headers.sh).")
+            f"which runs CMake on kernels/ (with the ONNX Runtime headers in kernels/third_party/onnxruntime).")
     return str(path)
 
 
 @functools.lru_cache(maxsize=None)
 def available_isas() -> tuple[str, ...]:
-    """Kernel paths this CPU can run, fastest first, e.g. ``('avx512', 'avx2', 'scalar', 'reference')``."""
+    """Kernel paths this CPU can run, fastest first, from ``avx512``, ``avx512bw``, ``avx2``,
+    ``neon``, ``scalar``, ``reference``: e.g. ``('avx512', 'avx512bw', 'avx2', 'scalar', 'reference')``
+    on x86-64 with AVX-512, ``('neon', 'scalar', 'reference')`` on aarch64."""
     library = ctypes.CDLL(library_path())
     library.binarize_available_isas.restype = ctypes.c_char_p
     return tuple(library.binarize_available_isas().decode().split(","))
 
 
 def last_kernel_isa() -> str:
-    """The kernel path (``"avx512"``, ``"avx2"``, ``"scalar"``, ``"reference"``) of the last
-    BinaryConv2d / BinaryLinear kernel created on the calling thread, ``""`` if none was.
+    """The kernel path (``"avx512"``, ``"avx512bw"``, ``"avx2"``, ``"neon"``, ``"scalar"``,
+    ``"reference"``) of the last BinaryConv2d / BinaryLinear kernel created on the calling thread,
+    ``""`` if none was.
     Session creation builds the kernels on the calling thread, so right after
     ``sess = binarize.runtime.session(...)`` this is the path ``sess`` runs (while a session is
     alive: ONNX Runtime unloads the library with the last session that registered it)."""

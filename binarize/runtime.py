@@ -53,11 +53,11 @@ def session(path_or_bytes: Union[str, os.PathLike, bytes], threads: Optional[int
     """An ``InferenceSession`` able to run BinaryConv2d / BinaryLinear.
 
     ``threads`` sets ``intra_op_num_threads`` (the kernels split their work over that pool);
-    ``isa`` forces this session's kernel path (``"avx512"``, ``"avx2"``, ``"scalar"`` or
-    ``"reference"``, see :func:`binarize.kernels.available_isas`); by default the ``BINARIZE_ISA``
-    environment variable decides, or when it is unset the fastest path this CPU supports.
-    The model is checked first (:func:`check_model`): an unsupported ``binarize`` opset version
-    is a ValueError naming the file.
+    ``isa`` forces this session's kernel path (``"avx512"``, ``"avx512bw"``, ``"avx2"``, ``"neon"``,
+    ``"scalar"`` or ``"reference"``, see :func:`binarize.kernels.available_isas`); by default the
+    ``BINARIZE_ISA`` environment variable decides, or when it is unset the fastest path this CPU
+    supports. The model is checked first (:func:`check_model`): an unsupported ``binarize`` opset
+    version is a ValueError naming the file.
     Other keyword arguments go to ``InferenceSession`` (``sess_options`` may be given and is
     extended; ``providers`` defaults to the CPU provider).
     """

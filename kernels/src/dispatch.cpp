@@ -1,5 +1,9 @@
 #include "dispatch.h"
 
+#if defined(BINARIZE_X86_KERNELS)
+#include "x86_features.h"
+#endif
+
 namespace binarize {
 namespace {
 
@@ -10,11 +14,15 @@ bool cpu_supports(Isa isa) {
             return true;
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+            return cpu_has_avx2();
+        case Isa::avx512bw:
+            return cpu_has_avx512bw();
         case Isa::avx512:
-            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                   __builtin_cpu_supports("avx512vpopcntdq");
+            return cpu_has_avx512_popcount();
+#endif
+#if defined(BINARIZE_NEON_KERNELS)
+        case Isa::neon:  // baseline on AArch64
+            return true;
 #endif
         default:
             return false;
@@ -22,8 +30,8 @@ bool cpu_supports(Isa isa) {
 }
 
 // Fastest first; the reference path is only ever used when asked for.
-constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar};
-constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx2, Isa::scalar, Isa::reference};
+constexpr Isa kFastIsas[] = {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::neon, Isa::scalar};
+constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx512bw, Isa::avx2, Isa::neon, Isa::scalar, Isa::reference};
 
 }  // namespace
 
@@ -32,7 +40,9 @@ const char* isa_name(Isa isa) {
         case Isa::reference: return "reference";
         case Isa::scalar: return "scalar";
         case Isa::avx2: return "avx2";
+        case Isa::avx512bw: return "avx512bw";
         case Isa::avx512: return "avx512";
+        case Isa::neon: return "neon";
     }
     return "?";
 }
@@ -42,7 +52,11 @@ const IsaKernels* isa_kernels(Isa isa) {
         case Isa::scalar: return &isa_scalar::kernels;
 #if defined(BINARIZE_X86_KERNELS)
         case Isa::avx2: return &isa_avx2::kernels;
+        case Isa::avx512bw: return &isa_avx512bw::kernels;
         case Isa::avx512: return &isa_avx512::kernels;
+#endif
+#if defined(BINARIZE_NEON_KERNELS)
+        case Isa::neon: return &isa_neon::kernels;
 #endif
         default: return nullptr;
     }
@@ -68,7 +82,7 @@ IsaChoice choose_isa(const std::string& requested, const char* source) {
         choice.isa = isa;
         return choice;
     }
-    choice.error = std::string(source) + "=" + requested + " is not one of avx512, avx2, scalar, reference";
+    choice.error = std::string(source) + "=" + requested + " is not one of avx512, avx512bw, avx2, neon, scalar, reference";
     return choice;
 }
 

@@ -1,6 +1,7 @@
 // Instruction set selection: which kernel paths this CPU can run and which one a session uses.
-// All CPU-feature detection lives in dispatch.cpp (the x86 checks behind BINARIZE_X86_KERNELS);
-// another architecture adds its Isa value, its check and its IsaKernels there.
+// Only dispatch.cpp decides which paths this CPU can run (x86-64 features read with CPUID in
+// x86_features.cpp; NEON is baseline on AArch64); another architecture adds its Isa value, its
+// check and its IsaKernels there.
 #pragma once
 
 #include <string>
@@ -9,12 +10,12 @@
 
 namespace binarize {
 
-enum class Isa { reference, scalar, avx2, avx512 };
+enum class Isa { reference, scalar, avx2, avx512bw, avx512, neon };
 
 const char* isa_name(Isa isa);
 // The ISA kernels of a path; nullptr for the reference path (reference_kernels.h).
 const IsaKernels* isa_kernels(Isa isa);
-// Paths this CPU can run, fastest first, comma-separated (e.g. "avx512,avx2,scalar,reference").
+// Paths this CPU can run, fastest first, comma-separated (e.g. "avx512,avx512bw,avx2,scalar,reference").
 std::string available_isa_list();
 
 // The path for a session: `requested` (empty = the fastest this CPU supports) from `source`

@@ -1,8 +1,10 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
-// CMake compiles this file three times: BINARIZE_ISA_SCALAR (baseline flags), BINARIZE_ISA_AVX2
-// (-mavx2 -mpopcnt) and BINARIZE_ISA_AVX512 (-mavx512f/bw/vl/dq/vpopcntdq). Only the `Isa`
-// traits differ; the packing, the register-blocked loop and the epilogue are the same source.
+// CMake compiles this file once per path of the target: BINARIZE_ISA_SCALAR (baseline flags)
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW
+// (-mavx512f/bw/vl/dq) and BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64
+// BINARIZE_ISA_NEON (traits in neon_isa.h). Only the `Isa` traits differ; the packing, the
+// register-blocked loop and the epilogue are the same source.
 // Everything lives in a per-ISA namespace and uses no inline library templates (no <algorithm>,
 // no <vector>), so no AVX-512 instruction can leak into code shared with other ISAs through
 // the linker's deduplication of inline functions.
@@ -15,15 +17,23 @@
 #define BINARIZE_ISA_NAMESPACE isa_avx512
 #define BINARIZE_ISA_NAME "avx512"
 #include <immintrin.h>
+#elif defined(BINARIZE_ISA_AVX512BW)
+#define BINARIZE_ISA_NAMESPACE isa_avx512bw
+#define BINARIZE_ISA_NAME "avx512bw"
+#include <immintrin.h>
 #elif defined(BINARIZE_ISA_AVX2)
 #define BINARIZE_ISA_NAMESPACE isa_avx2
 #define BINARIZE_ISA_NAME "avx2"
 #include <immintrin.h>
+#elif defined(BINARIZE_ISA_NEON)
+#define BINARIZE_ISA_NAMESPACE isa_neon
+#define BINARIZE_ISA_NAME "neon"
+#include <arm_neon.h>
 #elif defined(BINARIZE_ISA_SCALAR)
 #define BINARIZE_ISA_NAMESPACE isa_scalar
 #define BINARIZE_ISA_NAME "scalar"
 #else
-#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512"
+#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
 #endif
 
 namespace binarize {
@@ -47,36 +57,130 @@ inline void store_tile_one_by_one(float* out, int64_t channel_stride, int64_t pi
 // ---------------------------------------------------------------------------------------------
 // ISA traits. Each provides:
 //   Vec        kLanes 64-bit words (one word of kLanes different output channels, or a broadcast
-//              activation word);
-//   Acc        a partial popcount accumulator that may overflow after kStepsPerFlush steps;
-//   Total      exact 64-bit popcount totals per lane;
-//   load / broadcast / xor_popcount_add / flush        the hot loop;
+//              activation word), also used for exact 64-bit popcount totals per lane;
+//   load / broadcast / xor_words / zero                the operands of the hot loop;
+//   Acc, kGroup, add_popcounts, kStepsPerFlush, flush  the counting: add_popcounts adds the
+//              popcounts of kGroup words (consecutive reduction steps of one pixel and one
+//              channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
+//              multiple of kGroup); flush adds it to a total;
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
 //              pixel, and their transposed store into NCHW (each channel's pixels contiguous);
 //   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
 // ---------------------------------------------------------------------------------------------
+
+// Counting without a vector popcount instruction, for AVX-512BW without VPOPCNTDQ (Skylake-SP,
+// Cascade Lake): Harley-Seal carry-save counting. The words of 8 consecutive steps go through a
+// tree of 7 carry-save adders (3 words in, their bitwise sum and carry out; 2 vpternlogq each)
+// that keeps running `ones`, `twos` and `fours` words and emits one `eights` word per group; only
+// that word is popcounted (nibble table lookup, vpshufb), into byte counters folded into 64-bit
+// lanes (vpsadbw) at flush. Per 8 words: 7 CSAs + 1 byte popcount, against 8 byte popcounts
+// (each 2 table lookups, a shift, 2 ands, 2 adds) for NibbleTableCounting below; the CSAs issue
+// on every vector port, the lookups only on the shuffle port. `Ops` supplies Vec, zero, xor3,
+// majority, byte_popcount, add_bytes and add_byte_sums (total + (per-lane byte sum << shift)).
+// AVX2 keeps NibbleTableCounting: with 16 ymm registers the Harley-Seal state (4 per
+// accumulator) forces 2-accumulator blocks, and those measured slower on every ResNet layer
+// (K = 9 .. 72 steps) on the Zen 5 this was developed on.
+template <typename Ops>
+struct HarleySealCounting {
+    using Vec = typename Ops::Vec;
+    static constexpr int kGroup = 8;
+    // `eights` counts <= 8 per byte per group: 31 groups stay below 256.
+    static constexpr int64_t kStepsPerFlush = 31 * kGroup;
+    struct Acc { Vec ones, twos, fours, eights; };
+    static Acc zero_acc() { return {Ops::zero(), Ops::zero(), Ops::zero(), Ops::zero()}; }
+    // sum + a + b, bitwise: the carries to `carry`, the sum bits stay in `sum`.
+    static void csa(Vec& carry, Vec& sum, Vec a, Vec b) {
+        carry = Ops::majority(sum, a, b);
+        sum = Ops::xor3(sum, a, b);
+    }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[kGroup]) {
+        Vec twos_a, twos_b, fours_a, fours_b, eights;
+        csa(twos_a, acc.ones, d[0], d[1]);
+        csa(twos_b, acc.ones, d[2], d[3]);
+        csa(fours_a, acc.twos, twos_a, twos_b);
+        csa(twos_a, acc.ones, d[4], d[5]);
+        csa(twos_b, acc.ones, d[6], d[7]);
+        csa(fours_b, acc.twos, twos_a, twos_b);
+        csa(eights, acc.fours, fours_a, fours_b);
+        acc.eights = Ops::add_bytes(acc.eights, Ops::byte_popcount(eights));
+        return acc;
+    }
+    static Vec flush(Vec total, Acc acc) {
+        // popcount = 8 * eights + 4 * fours + 2 * twos + ones, the last three <= 56 per byte.
+        Vec low = Ops::byte_popcount(acc.fours);
+        low = Ops::add_bytes(Ops::add_bytes(low, low), Ops::byte_popcount(acc.twos));
+        low = Ops::add_bytes(Ops::add_bytes(low, low), Ops::byte_popcount(acc.ones));
+        return Ops::add_byte_sums(Ops::add_byte_sums(total, low, 0), acc.eights, 3);
+    }
+};
+
+// Counting every word with the nibble table: byte counts (<= 8 per step) in the accumulator,
+// folded into 64-bit lanes (vpsadbw) every 31 steps.
+template <typename Ops>
+struct NibbleTableCounting {
+    using Vec = typename Ops::Vec;
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = 31;  // 31 * 8 < 256
+    using Acc = Vec;
+    static Acc zero_acc() { return Ops::zero(); }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return Ops::add_bytes(acc, Ops::byte_popcount(d[0])); }
+    static Vec flush(Vec total, Acc acc) { return Ops::add_byte_sums(total, acc, 0); }
+};
+
+#if defined(BINARIZE_ISA_AVX512) || defined(BINARIZE_ISA_AVX512BW)
+// (maskz forms where GCC 12's plain intrinsic trips -Wmaybe-uninitialized, as in affine below.)
+struct Avx512Words {
+    using Vec = __m512i;
+    static Vec zero() { return _mm512_setzero_si512(); }
+    static Vec xor3(Vec a, Vec b, Vec c) { return _mm512_ternarylogic_epi64(a, b, c, 0x96); }
+    static Vec majority(Vec a, Vec b, Vec c) { return _mm512_ternarylogic_epi64(a, b, c, 0xe8); }
+    static Vec byte_popcount(Vec v) {
+        const __m512i nibble_popcount = _mm512_maskz_broadcast_i32x4(0xffff, _mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
+        const __m512i low_nibble = _mm512_set1_epi8(0x0f);
+        const __m512i lo = _mm512_shuffle_epi8(nibble_popcount, _mm512_and_si512(v, low_nibble));
+        const __m512i hi = _mm512_shuffle_epi8(nibble_popcount, _mm512_and_si512(_mm512_srli_epi16(v, 4), low_nibble));
+        return _mm512_add_epi8(lo, hi);
+    }
+    static Vec add_bytes(Vec a, Vec b) { return _mm512_add_epi8(a, b); }
+    static Vec add_byte_sums(Vec total, Vec bytes, int shift) {
+        return _mm512_add_epi64(total, _mm512_maskz_slli_epi64(0xff, _mm512_sad_epu8(bytes, zero()), shift));
+    }
+};
 #if defined(BINARIZE_ISA_AVX512)
-struct Isa {
+struct Avx512Counting {  // vpopcntq counts straight into 64-bit lanes
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = INT64_MAX;
+    using Acc = __m512i;
+    static Acc zero_acc() { return _mm512_setzero_si512(); }
+    static Acc add_popcounts(Acc acc, const __m512i (&d)[1]) { return _mm512_add_epi64(acc, _mm512_popcnt_epi64(d[0])); }
+    static __m512i flush(__m512i total, Acc acc) { return _mm512_add_epi64(total, acc); }
+};
+#else
+using Avx512Counting = HarleySealCounting<Avx512Words>;
+#endif
+
+struct Isa : Avx512Words, Avx512Counting {
+#if defined(BINARIZE_ISA_AVX512)
     // 4 vectors x 8 lanes = 32 output channels, times 6 pixels = 24 zmm accumulators
     // + 4 weight vectors + 1 broadcast: 29 of the 32 zmm registers.
     static constexpr int kLanes = 8, kVectors = 4, kPixels = 6;
-    static constexpr int64_t kStepsPerFlush = INT64_MAX;  // vpopcntq counts straight into 64-bit lanes
+#else
+    // Harley-Seal state is 4 zmm per accumulator: 2 vectors x 8 lanes = 16 channels, times
+    // 2 pixels = 16 zmm, + the group's 8 words, table, nibble mask and CSA temporaries (3 pixels
+    // spill heavily). llvm-mca's Skylake-SP model puts this loop at 1.8 cycles per word against
+    // 3.7 for a nibble table per word (NibbleTableCounting): there vpshufb issues on one port.
+    // (On Zen 5, where this path only runs when forced, the table is faster up to K = 36.)
+    static constexpr int kLanes = 8, kVectors = 2, kPixels = 2;
+#endif
     using Vec = __m512i;
-    using Acc = __m512i;
-    using Total = __m512i;
     static Vec load(const uint64_t* p) { return _mm512_loadu_si512(p); }
     static Vec broadcast(uint64_t w) { return _mm512_set1_epi64(static_cast<long long>(w)); }
-    static Acc zero_acc() { return _mm512_setzero_si512(); }
-    static Total zero_total() { return _mm512_setzero_si512(); }
-    static Acc xor_popcount_add(Acc acc, Vec x, Vec w) {
-        return _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, w)));
-    }
-    static Total flush(Total total, Acc acc) { return _mm512_add_epi64(total, acc); }
+    static Vec xor_words(Vec a, Vec b) { return _mm512_xor_si512(a, b); }
 
     // Epilogue on 8 channels of one pixel. multiplier * d + bias is written with vector
     // operators, like the scalar formula, so the compiler applies the same contraction (fma here).
     using Floats = __m256;
-    static Floats affine(Total total, const int32_t* base, const float* multiplier, const float* bias) {
+    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
         // (The maskz form because GCC 12's plain _mm512_cvtepi64_epi32 trips -Wmaybe-uninitialized.)
         const __m256i twice = _mm256_slli_epi32(_mm512_maskz_cvtepi64_epi32(0xff, total), 1);
         const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base)), twice);
@@ -128,37 +232,40 @@ struct Isa {
     }
 };
 #elif defined(BINARIZE_ISA_AVX2)
-struct Isa {
-    // AVX2 has no vector popcount: count nibbles with a 16-entry vpshufb table into byte
-    // counters, and fold bytes into 64-bit lanes with vpsadbw only every kStepsPerFlush steps.
-    // 2 vectors x 4 lanes = 8 channels, times 3 pixels = 6 byte accumulators; with weights,
-    // broadcast, table, mask and temporaries this fills the 16 ymm registers.
-    static constexpr int kLanes = 4, kVectors = 2, kPixels = 3;
-    static constexpr int64_t kStepsPerFlush = 31;  // each step adds <= 8 per byte: 31 * 8 < 256
+struct Avx2Words {
     using Vec = __m256i;
-    using Acc = __m256i;
-    using Total = __m256i;
-    static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
-    static Acc zero_acc() { return _mm256_setzero_si256(); }
-    static Total zero_total() { return _mm256_setzero_si256(); }
-    static Acc xor_popcount_add(Acc acc, Vec x, Vec w) {
+    static Vec zero() { return _mm256_setzero_si256(); }
+    static Vec xor3(Vec a, Vec b, Vec c) { return _mm256_xor_si256(a, _mm256_xor_si256(b, c)); }
+    // (b & c) | (a & (b ^ c)): shares b ^ c with xor3(a, b, c), so a CSA is 5 ops.
+    static Vec majority(Vec a, Vec b, Vec c) {
+        return _mm256_or_si256(_mm256_and_si256(b, c), _mm256_and_si256(a, _mm256_xor_si256(b, c)));
+    }
+    static Vec byte_popcount(Vec v) {
         const __m256i nibble_popcount = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
         const __m256i low_nibble = _mm256_set1_epi8(0x0f);
-        const __m256i v = _mm256_xor_si256(x, w);
-        const __m256i lo = _mm256_and_si256(v, low_nibble);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble);
-        acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(nibble_popcount, lo));
-        return _mm256_add_epi8(acc, _mm256_shuffle_epi8(nibble_popcount, hi));
+        const __m256i lo = _mm256_shuffle_epi8(nibble_popcount, _mm256_and_si256(v, low_nibble));
+        const __m256i hi = _mm256_shuffle_epi8(nibble_popcount, _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble));
+        return _mm256_add_epi8(lo, hi);
     }
-    static Total flush(Total total, Acc acc) {
-        return _mm256_add_epi64(total, _mm256_sad_epu8(acc, _mm256_setzero_si256()));
+    static Vec add_bytes(Vec a, Vec b) { return _mm256_add_epi8(a, b); }
+    static Vec add_byte_sums(Vec total, Vec bytes, int shift) {
+        return _mm256_add_epi64(total, _mm256_slli_epi64(_mm256_sad_epu8(bytes, zero()), shift));
     }
+};
+
+struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
+    // 2 vectors x 4 lanes = 8 channels, times 3 pixels = 6 byte accumulators; with weights,
+    // broadcast, table, mask and temporaries this fills the 16 ymm registers.
+    static constexpr int kLanes = 4, kVectors = 2, kPixels = 3;
+    using Vec = __m256i;
+    static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+    static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
+    static Vec xor_words(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
 
     // Epilogue on 4 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
     using Floats = __m128;
-    static Floats affine(Total total, const int32_t* base, const float* multiplier, const float* bias) {
+    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
         const __m128i t = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
         const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
         return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
@@ -187,25 +294,26 @@ struct Isa {
         for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
     }
 };
+#elif defined(BINARIZE_ISA_NEON)
+#include "neon_isa.h"
 #else
 struct Isa {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.
     static constexpr int kLanes = 1, kVectors = 4, kPixels = 4;
-    static constexpr int64_t kStepsPerFlush = INT64_MAX;
     using Vec = uint64_t;
-    using Acc = uint64_t;
-    using Total = uint64_t;
     static Vec load(const uint64_t* p) { return *p; }
     static Vec broadcast(uint64_t w) { return w; }
+    static Vec xor_words(Vec a, Vec b) { return a ^ b; }
+    static Vec zero() { return 0; }
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = INT64_MAX;
+    using Acc = uint64_t;
     static Acc zero_acc() { return 0; }
-    static Total zero_total() { return 0; }
-    static Acc xor_popcount_add(Acc acc, Vec x, Vec w) {
-        return acc + static_cast<uint64_t>(__builtin_popcountll(x ^ w));
-    }
-    static Total flush(Total total, Acc acc) { return total + acc; }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return acc + static_cast<uint64_t>(__builtin_popcountll(d[0])); }
+    static Vec flush(Vec total, Acc acc) { return total + acc; }
 
     using Floats = float;
-    static Floats affine(Total total, const int32_t* base, const float* multiplier, const float* bias) {
+    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
         return *multiplier * static_cast<float>(*base - 2 * static_cast<int32_t>(total)) + *bias;
     }
     template <int NP>
@@ -293,8 +401,9 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // convolution): no im2col buffer, any stride/dilation, one code path.
 //
 // Register blocking: NP pixels x MB channels of popcount accumulators stay in registers for the
-// whole reduction; per step we load kVectors weight vectors once and broadcast each pixel's
-// activation word once, then do NP*kVectors xor+popcount+add. Everything is integer; the float
+// whole reduction; per step we load kVectors weight vectors and broadcast each pixel's
+// activation word, xor them, and add the NP*kVectors popcounts (Isa::add_popcounts, kGroup steps
+// at a time). Everything is integer; the float
 // transform happens once per output in the epilogue. NP is P, or P - 1 for the blocks that let
 // the pixel count be tiled exactly (ConvArgs::full_blocks).
 //
@@ -305,35 +414,57 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // each distinct padding pattern (precomputed once per input size). Interior pixels share one
 // pattern with no correction, so border handling costs nothing inside this loop.
 // ---------------------------------------------------------------------------------------------
-template <int NP>
-inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
-                           int64_t steps, const uint64_t* weights, typename Isa::Total (&total)[NP][Isa::kVectors]) {
+// Adds the popcounts of reduction steps k .. k + kValid - 1 to every accumulator. kValid <
+// kGroup is the tail of a reduction that is not a multiple of kGroup: the missing words are
+// compile-time zeros, which the compiler folds out of the carry-save tree.
+template <int NP, int kValid>
+inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* image, const int64_t* pixel_offsets,
+                      const int64_t* step_offsets, const uint64_t* weights, int64_t k) {
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-        for (int v = 0; v < Isa::kVectors; ++v) total[p][v] = Isa::zero_total();
+        for (int v = 0; v < Isa::kVectors; ++v) {
+            typename Isa::Vec d[Isa::kGroup];
+#pragma GCC unroll 8
+            for (int g = 0; g < Isa::kGroup; ++g)
+                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(image[step_offsets[k + g] + pixel_offsets[p]]),
+                                                   Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
+                                  : Isa::zero();
+            acc[p][v] = Isa::add_popcounts(acc[p][v], d);
+        }
+}
 
-    for (int64_t k0 = 0; k0 < steps; k0 += min_i64(Isa::kStepsPerFlush, steps - k0)) {
+// The tail group of `valid` (1 .. kValid) steps.
+template <int NP, int kValid>
+inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* image, const int64_t* pixel_offsets,
+                     const int64_t* step_offsets, const uint64_t* weights, int64_t k, int64_t valid) {
+    if constexpr (kValid > 0) {
+        if (valid == kValid)
+            add_group<NP, kValid>(acc, image, pixel_offsets, step_offsets, weights, k);
+        else
+            add_tail<NP, kValid - 1>(acc, image, pixel_offsets, step_offsets, weights, k, valid);
+    }
+}
+
+template <int NP>
+inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
+                           int64_t steps, const uint64_t* weights, typename Isa::Vec (&total)[NP][Isa::kVectors]) {
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 8
+        for (int v = 0; v < Isa::kVectors; ++v) total[p][v] = Isa::zero();
+
+    for (int64_t k0 = 0; k0 < steps; k0 += Isa::kStepsPerFlush) {
         const int64_t k1 = k0 + min_i64(Isa::kStepsPerFlush, steps - k0);
         typename Isa::Acc acc[NP][Isa::kVectors];
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
             for (int v = 0; v < Isa::kVectors; ++v) acc[p][v] = Isa::zero_acc();
-
-        for (int64_t k = k0; k < k1; ++k) {
-            const uint64_t* step_image = image + step_offsets[k];
-            const uint64_t* step_weights = weights + k * kBlockChannels;
-            typename Isa::Vec w[Isa::kVectors];
-#pragma GCC unroll 8
-            for (int v = 0; v < Isa::kVectors; ++v) w[v] = Isa::load(step_weights + v * Isa::kLanes);
-#pragma GCC unroll 8
-            for (int p = 0; p < NP; ++p) {
-                const typename Isa::Vec x = Isa::broadcast(step_image[pixel_offsets[p]]);
-#pragma GCC unroll 8
-                for (int v = 0; v < Isa::kVectors; ++v) acc[p][v] = Isa::xor_popcount_add(acc[p][v], x, w[v]);
-            }
-        }
+        int64_t k = k0;
+        for (; k + Isa::kGroup <= k1; k += Isa::kGroup)
+            add_group<NP, Isa::kGroup>(acc, image, pixel_offsets, step_offsets, weights, k);
+        add_tail<NP, Isa::kGroup - 1>(acc, image, pixel_offsets, step_offsets, weights, k, k1 - k);
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
@@ -354,7 +485,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
         offsets[p] = a.pixel_offsets[q];
         bases[p] = a.pattern_base + a.pixel_pattern[q] * a.out_channels_padded + m0;
     }
-    typename Isa::Total total[NP][Isa::kVectors];
+    typename Isa::Vec total[NP][Isa::kVectors];
     popcount_block<NP>(image, offsets, a.step_offsets, a.reduction_words, weights, total);
 
     // Epilogue: exact integer D (|D| <= KH*KW*C < 2^31, checked when the kernel is created),

@@ -63,7 +63,11 @@ struct IsaKernels {
 namespace isa_scalar { extern const IsaKernels kernels; }
 #if defined(BINARIZE_X86_KERNELS)
 namespace isa_avx2 { extern const IsaKernels kernels; }
+namespace isa_avx512bw { extern const IsaKernels kernels; }
 namespace isa_avx512 { extern const IsaKernels kernels; }
+#endif
+#if defined(BINARIZE_NEON_KERNELS)
+namespace isa_neon { extern const IsaKernels kernels; }
 #endif
 
 }  // namespace binarize

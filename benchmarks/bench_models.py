@@ -1,7 +1,9 @@
-"""End to end: torchvision ResNet-18 at 224x224, batch 1, in ONNX Runtime - binarized vs float vs int8.
+"""End to end: a torchvision model (ResNet-18 by default) at 224x224, batch 1, in ONNX Runtime -
+binarized vs float vs int8.
 
-The binarized model is ``binarize.convert(resnet18, "biper")`` in stage 2 with the defaults
-(first conv, fc and the 1x1 downsample convs in float), exported by ``binarize.export``; the float
+The binarized model is ``binarize.convert(model, "biper")`` in stage 2 with the defaults (for
+ResNet-18: first conv, fc and the 1x1 downsample convs in float; ``--convert KEY=VALUE`` overrides
+a conversion option, ``--model`` / ``--method`` pick others), exported by ``binarize.export``; the float
 model is the same network exported with the same settings; the int8 model is that float file
 quantized by ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel int8 weights, uint8
 activations, calibrated on a few random images). Weights are random (nothing is downloaded):
@@ -14,10 +16,12 @@ Runtime profile of the binarized model shows the time per op type. ``--results``
 table, with the command, to a Markdown file (benchmarks/RESULTS.md).
 
     python benchmarks/bench_models.py --results benchmarks/RESULTS.md
+    python benchmarks/bench_models.py --model mobilenet_v2 --convert shortcut=conv --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import json
 import os
@@ -51,14 +55,17 @@ class RandomImages(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def build_models(workdir: Path, calibration_images: int) -> dict:
+def build_models(workdir: Path, calibration_images: int, name: str, method: str, options: dict) -> dict:
     """Write the three ONNX files; returns {label: path}."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()
+    model = torchvision.models.get_model(name, weights=None).eval()
     example = torch.randn(INPUT_SHAPE)
-    paths = {label: workdir / f"resnet18_{label}.onnx" for label in ("binary", "float", "int8")}
-    bnn = binarize.convert(model, "biper")
-    binarize.set_stage(bnn, 2)
+    paths = {label: workdir / f"{name}_{label}.onnx" for label in ("binary", "float", "int8")}
+    bnn = binarize.convert(model, method, **options)
+    print(f"{name}, {method} {options or ''}: {len(bnn.binarize_plan.binary)} binary layers, "
+          f"{len(bnn.binarize_plan.kept_float)} float")
+    if method == "biper":
+        binarize.set_stage(bnn, 2)
     binarize.export(bnn, paths["binary"], example)
     float_proto = to_onnx(model, example)  # same exporter settings as the binary model
     paths["float"].write_bytes(float_proto.SerializeToString())
@@ -94,9 +101,9 @@ def cpu_name() -> str:
                 platform.machine())
 
 
-def markdown_report(command: str, sizes: dict, latencies: dict, profile: list, missed: list) -> str:
+def markdown_report(title: str, command: str, sizes: dict, latencies: dict, profile: list, missed: list) -> str:
     threads = min(latencies)
-    lines = ["", "## End to end, ResNet-18", "",
+    lines = ["", f"## End to end, {title}", "",
              f"Machine: {cpu_name()} ({os.cpu_count()} CPUs visible); onnxruntime {ort.__version__}, "
              f"torch {torch.__version__}; binary kernel path: {available_isas()[0]}.",
              "Command, from the repository root:", "", f"    {command}", "", "```", *table(sizes, latencies), "```"]
@@ -130,12 +137,25 @@ def main():
     parser.add_argument("--calibration-images", type=int, default=8)
     parser.add_argument("--profile-runs", type=int, default=20)
     parser.add_argument("--results", type=Path, help="append the results as Markdown to this file")
+    parser.add_argument("--model", default="resnet18", help="a torchvision model name (default resnet18)")
+    parser.add_argument("--method", default="biper", help="binarization method (default biper)")
+    parser.add_argument("--convert", action="append", default=[], metavar="KEY=VALUE",
+                        help="a binarize.convert option, e.g. shortcut=conv (repeatable)")
     args = parser.parse_args()
+    options = {}
+    for item in args.convert:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--convert {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        paths = build_models(workdir, args.calibration_images)
+        paths = build_models(workdir, args.calibration_images, args.model, args.method, options)
         sizes = {label: path.stat().st_size for label, path in paths.items()}
         labels = list(paths)
         feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
@@ -162,7 +182,8 @@ def main():
             print(f"  {op:<22}{ms:>8.3f} ms {share:>7.1%}")
     if args.results:
         with open(args.results, "a") as results:
-            results.write(markdown_report(command, sizes, latencies, profile, missed))
+            title = f"{args.model} ({args.method}{''.join(f', {k}={v}' for k, v in options.items())})"
+            results.write(markdown_report(title, command, sizes, latencies, profile, missed))
         print(f"appended to {args.results}")
 
 

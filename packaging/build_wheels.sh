@@ -17,6 +17,10 @@ set -eu
 
 repo=$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)
 python=${1:-"$repo/.venv/bin/python"}
+case $python in  # the builds run from other folders: a relative path (make's .venv/bin/python) must not break
+    /*) ;;
+    */*) python="$PWD/$python" ;;
+esac
 dist="$repo/dist"
 work="$repo/build/wheels"
 zig_version=0.17.1

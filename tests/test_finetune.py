@@ -161,6 +161,18 @@ def test_biper_stage_switch_changes_the_forward_as_specified(tmp_path):
         assert torch.allclose(layer(x), conv(layer.scale.view(-1, 1, 1, 1) * signs), atol=1e-5)
 
 
+def test_the_callers_teacher_gets_its_mode_and_requires_grad_back():
+    torch.manual_seed(0)
+    teacher = tiny_model(True).train()
+    teacher[0].weight.requires_grad_(False)  # a user's own choice, kept
+    student = binarize.convert(teacher, "xnor")
+    train, val, _ = make_loaders("mnist5k", batch_size=16)
+    finetune(student, teacher, train, val, FinetuneConfig(epochs=1, steps_per_epoch=2, progress=False,
+                                                          evaluate_initial=False))
+    assert teacher.training
+    assert [p.requires_grad for p in teacher.parameters()] == [False] + [True] * (len(list(teacher.parameters())) - 1)
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 
 def test_bad_checkpoint_files_get_errors_naming_file_and_problem(tmp_path):

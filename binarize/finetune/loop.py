@@ -41,9 +41,18 @@ def finetune(student: nn.Module, teacher: Optional[nn.Module], train_loader: Dat
     ``teacher`` None trains on the labels alone (no KD, no discriminators). Under torchrun (after
     :func:`init_distributed`), pass loaders built with ``distributed=True``; the batch size is per rank.
     Returns the student (unwrapped, eval mode, on ``config.device``) and its :class:`History`.
-    Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`.
+    Ctrl-C saves a checkpoint and raises :class:`TrainingInterrupted`. The teacher is the caller's
+    model: it is frozen and in eval mode while training runs, and gets its train/eval mode and its
+    parameters' ``requires_grad`` back afterwards (it stays on ``config.device``).
     """
-    return _Trainer(student, teacher, train_loader, val_loader, config or FinetuneConfig()).run()
+    saved = None if teacher is None else (teacher.training, [p.requires_grad for p in teacher.parameters()])
+    try:
+        return _Trainer(student, teacher, train_loader, val_loader, config or FinetuneConfig()).run()
+    finally:
+        if saved is not None:
+            teacher.train(saved[0])
+            for parameter, requires_grad in zip(teacher.parameters(), saved[1]):
+                parameter.requires_grad_(requires_grad)
 
 
 class _StopRequest:

@@ -17,6 +17,7 @@ table, with the command, to a Markdown file (benchmarks/RESULTS.md).
 
     python benchmarks/bench_models.py --results benchmarks/RESULTS.md
     python benchmarks/bench_models.py --model mobilenet_v2 --convert shortcut=conv --threads 1
+    python benchmarks/bench_models.py --int8-float-layers    # binary layers + the float convs in int8
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class RandomImages(CalibrationDataReader):
         return next(self.batches, None)
 
 
-def build_models(workdir: Path, calibration_images: int, name: str, method: str, options: dict) -> dict:
+def build_models(workdir: Path, calibration_images: int, name: str, method: str, options: dict,
+                 int8_float_layers: bool) -> dict:
     """Write the three ONNX files; returns {label: path}."""
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
@@ -66,7 +68,10 @@ def build_models(workdir: Path, calibration_images: int, name: str, method: str,
           f"{len(bnn.binarize_plan.kept_float)} float")
     if method == "biper":
         binarize.set_stage(bnn, 2)
-    binarize.export(bnn, paths["binary"], example)
+    calibration = ([torch.from_numpy(batch) for batch in (np.random.default_rng(0).standard_normal(INPUT_SHAPE)
+                                                          .astype(np.float32) for _ in range(calibration_images))]
+                   if int8_float_layers else None)
+    binarize.export(bnn, paths["binary"], example, calibration=calibration)
     float_proto = to_onnx(model, example)  # same exporter settings as the binary model
     paths["float"].write_bytes(float_proto.SerializeToString())
     input_name = float_proto.graph.input[0].name
@@ -139,6 +144,8 @@ def main():
     parser.add_argument("--results", type=Path, help="append the results as Markdown to this file")
     parser.add_argument("--model", default="resnet18", help="a torchvision model name (default resnet18)")
     parser.add_argument("--method", default="biper", help="binarization method (default biper)")
+    parser.add_argument("--int8-float-layers", action="store_true",
+                        help="export the binary model with calibration=, so its float convs run in int8")
     parser.add_argument("--convert", action="append", default=[], metavar="KEY=VALUE",
                         help="a binarize.convert option, e.g. shortcut=conv (repeatable)")
     args = parser.parse_args()
@@ -155,7 +162,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        paths = build_models(workdir, args.calibration_images, args.model, args.method, options)
+        paths = build_models(workdir, args.calibration_images, args.model, args.method, options,
+                             args.int8_float_layers)
         sizes = {label: path.stat().st_size for label, path in paths.items()}
         labels = list(paths)
         feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
@@ -182,7 +190,8 @@ def main():
             print(f"  {op:<22}{ms:>8.3f} ms {share:>7.1%}")
     if args.results:
         with open(args.results, "a") as results:
-            title = f"{args.model} ({args.method}{''.join(f', {k}={v}' for k, v in options.items())})"
+            title = f"{args.model} ({args.method}{''.join(f', {k}={v}' for k, v in options.items())}" + (
+                ", float layers in int8)" if args.int8_float_layers else ")")
             results.write(markdown_report(title, command, sizes, latencies, profile, missed))
         print(f"appended to {args.results}")
 

@@ -23,7 +23,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import onnx
 import torch
@@ -35,6 +35,7 @@ from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from binarize.matchers import module_of, preserves_sign
 from binarize.tags import batchnorm_after, is_sign_input, is_tagged
 
+from .int8 import quantize_float_convs
 from .ops import ONNX_TRANSLATIONS, PackedBinaryConv2d, PackedBinaryLinear
 from .schemas import register_schemas
 
@@ -232,13 +233,17 @@ def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPS
 
 def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Inputs, *,
            opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, input_names: Optional[Sequence[str]] = None,
-           output_names: Optional[Sequence[str]] = None) -> Path:
+           output_names: Optional[Sequence[str]] = None, calibration: Optional[Iterable] = None) -> Path:
     """Export the binary ``model`` to the ONNX file ``path``; returns its path.
 
     Binary layers become ``binarize``-domain BinaryConv2d / BinaryLinear nodes with bit-packed
     weights (run them with :func:`binarize.runtime.session`); everything else is standard ONNX
     (``opset``). ``example_input`` is a tensor (or a sequence of tensors, one per forward argument)
     of the shape the model will see; with ``dynamic_batch`` its first axis is left free.
+    ``calibration`` (a few batches of typical inputs) also stores the float convolutions that stay
+    in the model in int8 (QDQ form, :mod:`binarize.converters.int8`), with their ranges measured on
+    those batches; without it everything but the binary layers stays float32. Check the accuracy:
+    a network without double skips (xnor) can lose most of it (benchmarks/RESULTS.md).
     The model is not modified; the file is written atomically.
     """
     path = Path(path)
@@ -246,5 +251,7 @@ def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Input
         raise FileNotFoundError(f"export: directory {path.parent} does not exist (path={str(path)!r})")
     proto = to_onnx(model, example_input, opset=opset, dynamic_batch=dynamic_batch, input_names=input_names,
                     output_names=output_names)
+    if calibration is not None:
+        proto, _ = quantize_float_convs(proto, calibration)
     atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
     return path

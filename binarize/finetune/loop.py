@@ -378,8 +378,9 @@ class _Trainer:
 
     def _train_batchnorm_affine(self) -> None:
         """``bn_refresh_mode="affine"``: one pass over the epoch's batches in which the objective trains
-        only the BatchNorm weights and biases, W and C fixed (RBCN algorithm 1, line 17). Its numbers
-        are not the epoch's: the epoch's statistics are kept aside meanwhile."""
+        only the BatchNorm weights and biases, W and C fixed (RBCN algorithm 1, line 17), at the
+        learning rate of the epoch's last step. Its numbers are not the epoch's: the epoch's
+        statistics are kept aside meanwhile."""
         affine = [p for m in self.model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
         epoch_stats, self.epoch_stats = self.epoch_stats, {}
         self.model.train()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the trainer imports this package, not the other way round
 
 @dataclass(frozen=True)
 class Phase:
-    """A span of epochs the trainer runs with its own fresh optimizers and cosine schedule
+    """A span of epochs the trainer runs with its own fresh optimizers and learning-rate schedule
     (BiPer's stages); ``stage`` is the method stage set on the model when the phase starts."""
 
     name: str

@@ -35,7 +35,8 @@ class FinetuneConfig(VersionedConfig):
                   "ImageNet) or 'constant' (CBCN's LeNet)")
     min_lr: float = option(0.0, "the learning rate the cosine decay ends at")
     lr_decay: float = option(
-        0.9, "schedule='step': the factor (CBCN: 'a degradation of 10%', read as 0.9; 0.1 is the other reading)")
+        0.9, "schedule='step': the factor (CBCN's 'degradation of 10 percent' read as 0.9; 0.1 is the other "
+              "reading)")
     lr_decay_every: int = option(60, "schedule='step': epochs between decays, counted from the stage's start "
                                      "(CBCN: 60 on CIFAR, 20 on ImageNet)")
     optimizer: str = option("sgd", "'sgd' (with momentum) or 'adam'")

@@ -270,8 +270,8 @@ def cmd_finetune(args) -> None:
         overrides = {name: getattr(args, name) for name in cli_options() if getattr(args, name) is not None}
         make_config = partial(FinetuneConfig.paper, args.method, args.paper) if paper else FinetuneConfig
         config = make_config(run_dir=args.run_dir or DEFAULT_RUN_DIR, seed=args.seed,
-                                deterministic=args.deterministic, device=args.device, progress=not args.quiet,
-                                recipe=recipe, **overrides)
+                             deterministic=args.deterministic, device=args.device, progress=not args.quiet,
+                             recipe=recipe, **overrides)
     train_loader, val_loader, info = make_loaders(
         data["name"], data["data_dir"], batch_size=data["batch_size"] // world, num_workers=data["num_workers"],
         seed=data["seed"], distributed=world > 1, image_size=data["image_size"], channels=data["channels"],

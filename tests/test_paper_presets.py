@@ -109,6 +109,20 @@ def test_constant_schedule_keeps_the_rate():
     assert _lrs(config, [Phase("train", 3, 0.01, None)], 2) == [0.01] * 6
 
 
+def test_trainer_runs_the_configured_schedule():
+    from binarize.datasets import make_loaders
+    from finetune_worker import tiny_model
+
+    torch.manual_seed(0)
+    teacher = tiny_model(True)
+    student = binarize.convert(teacher, "xnor")
+    train, _, _ = make_loaders("mnist5k", batch_size=16)
+    config = FinetuneConfig(epochs=3, steps_per_epoch=1, lr=0.01, schedule="step", lr_decay=0.5, lr_decay_every=1,
+                            kd_weight=0.0, gan_weight=0.0, progress=False, evaluate_initial=False)
+    _, history = binarize.finetune(student, teacher, train, None, config)
+    assert [row["lr"] for row in history.epochs] == pytest.approx([0.01, 0.005, 0.0025])
+
+
 def test_unknown_schedule_and_modes_are_refused_with_the_choices():
     for name, value in (("schedule", "linear"), ("bn_refresh_mode", "all"), ("gan_reduction", "max")):
         with pytest.raises(ValueError, match=rf"{name}='{value}': expected one of"):

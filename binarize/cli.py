@@ -16,6 +16,7 @@ import runpy
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -120,12 +121,13 @@ def _float_model(args) -> nn.Module:
     return model
 
 
-def _convert_config(args):
+def _convert_config(args, paper_options: Optional[Dict[str, Any]] = None):
+    """The method's config with a paper recipe's convert options (``paper_options``), then --set."""
     from dataclasses import fields
 
     from .methods import get_method
 
-    config = get_method(args.method).config()
+    config = get_method(args.method).config(**(paper_options or {}))
     booleans = [f.name for f in fields(config) if isinstance(getattr(config, f.name), bool)]
     try:
         return config.with_overrides(**_key_values(args.set, "--set", booleans))
@@ -216,6 +218,9 @@ def cmd_finetune(args) -> None:
         _check_device(args.device)
     rank, world = init_distributed()
     _set_training_threads(args.threads, announce=rank == 0 and not args.quiet)
+    if args.resume and args.paper:
+        raise ValueError("--paper starts a fresh run with a paper's recipe; a resumed run keeps the options it "
+                         "was started with: drop --paper")
     if args.resume:
         path = ckpt.latest_checkpoint(args.resume)
         state = read_training_state(path)
@@ -242,9 +247,13 @@ def cmd_finetune(args) -> None:
         # so a resumed run finds the data from any working directory.
         name = data_source(args.data)
         teacher = _float_model(args)
-        convert_config = _convert_config(args)
+        from .methods import paper_recipe
+
+        paper = paper_recipe(args.method, args.paper) if args.paper else None
+        convert_config = _convert_config(args, dict(paper.convert) if paper else {})
         if args.student:
             student, _ = ckpt.load_student(args.student, trust_code=args.trust_code)
+            _check_paper_conversion(student, paper, args.paper)
         else:
             from . import convert
 
@@ -259,9 +268,10 @@ def cmd_finetune(args) -> None:
         recipe = ckpt.make_recipe(args.model, student.binarize_config, args.weights,
                                   **_key_values(args.model_arg, "--model-arg"))
         overrides = {name: getattr(args, name) for name in cli_options() if getattr(args, name) is not None}
-        config = FinetuneConfig(run_dir=args.run_dir or DEFAULT_RUN_DIR, seed=args.seed,
-                                deterministic=args.deterministic, device=args.device, progress=not args.quiet,
-                                recipe=recipe, **overrides)
+        make_config = partial(FinetuneConfig.paper, args.method, args.paper) if paper else FinetuneConfig
+        config = make_config(run_dir=args.run_dir or DEFAULT_RUN_DIR, seed=args.seed,
+                             deterministic=args.deterministic, device=args.device, progress=not args.quiet,
+                             recipe=recipe, **overrides)
     train_loader, val_loader, info = make_loaders(
         data["name"], data["data_dir"], batch_size=data["batch_size"] // world, num_workers=data["num_workers"],
         seed=data["seed"], distributed=world > 1, image_size=data["image_size"], channels=data["channels"],
@@ -275,6 +285,15 @@ def cmd_finetune(args) -> None:
     _, history = finetune(student, teacher, train_loader, val_loader, config)
     if rank == 0 and config.run_dir:
         print(f"next: binarize export {Path(config.run_dir) / 'best.pt'} model.onnx")
+
+
+def _check_paper_conversion(student: nn.Module, paper, dataset: Optional[str]) -> None:
+    """A --student converted before must have the convert options the --paper recipe sets."""
+    config = getattr(student, "binarize_config", None)
+    for key, value in (paper.convert.items() if paper else ()):
+        if getattr(config, key, value) != value:
+            raise ValueError(f"--paper {dataset} sets the conversion option {key}={value!r}, but the --student "
+                             f"was converted with {key}={getattr(config, key)!r}: convert it again, or drop --student")
 
 
 def _check_classes(model: nn.Module, info) -> None:
@@ -466,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--student", metavar="FILE", help="start from this student checkpoint instead of converting")
     p.add_argument("--resume", metavar="PATH", help="continue the run in this folder (or from this checkpoint) exactly")
+    p.add_argument("--paper", metavar="DATASET",
+                   help="train with the recipe --method's paper gives for DATASET (e.g. --method rbcn --paper "
+                        "imagenet: lambda1 = lambda2 = 0.1, times 0.9 every 20 epochs, 70 epochs); options given "
+                        "here override it; README's 'Paper recipes' table lists them")
     p.add_argument("--data-dir", metavar="DIR", help="for cifar10: the folder holding cifar-10-batches-py/")
     p.add_argument("--batch-size", type=_positive, default=128, help="global batch size, split over processes (default 128)")
     p.add_argument("--image-size", type=_positive, help="square input side (default: the data's own)")

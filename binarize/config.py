@@ -40,8 +40,9 @@ class VersionedConfig:
     as ``"module:QualName"`` strings."""
 
     version: ClassVar[int] = 1
-    #: How plain data of an older version becomes data of the next one, so that files written
-    #: before a change keep meaning what they meant: {old version: function(fields) -> fields}.
+    #: The older versions this class still reads: ``{old: upgrade}``, where ``upgrade(options)``
+    #: turns version ``old``'s fields into version ``old + 1``'s (a version that only added fields
+    #: needs no conversion: :func:`added_fields` leaves them to take their defaults).
     upgrades: ClassVar[Mapping[int, Callable[[Dict[str, Any]], Dict[str, Any]]]] = {}
 
     def to_data(self) -> Dict[str, Any]:
@@ -53,15 +54,18 @@ class VersionedConfig:
     @classmethod
     def from_data(cls, data: Mapping[str, Any], import_object: Optional[Callable[[str, str], Any]] = None):
         """The config ``to_data`` gave. Data without a ``version`` entry predates versioned configs
-        and is read as version 1 (the same fields). ``import_object(spec, field_name)`` turns a stored
+        and is read as version 1 (the same fields). Data of an older version listed in ``upgrades`` is
+        brought up to this version step by step. ``import_object(spec, field_name)`` turns a stored
         class name back into the class (:mod:`binarize.checkpoint` passes its importer)."""
         options = dict(data)
         version = options.pop("version", 1)
-        while isinstance(version, int) and version < cls.version and version in cls.upgrades:
-            options, version = cls.upgrades[version](options), version + 1
-        if version != cls.version:
+        step = version
+        while step != cls.version and step in cls.upgrades:
+            options, step = cls.upgrades[step](options), step + 1
+        if step != cls.version:
+            older = f" (and upgrades version {', '.join(map(str, sorted(cls.upgrades)))})" if cls.upgrades else ""
             raise ConfigVersionError(f"{cls.__name__} data of version {version!r}: this binarize reads "
-                                     f"version {cls.version}")
+                                     f"version {cls.version}{older}")
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(options) - set(known))
         if unknown:
@@ -73,6 +77,12 @@ class VersionedConfig:
                 options[name] = tuple(import_object(v, name) if isinstance(v, str) and ":" in v else v
                                       for v in value)
         return cls(**options)
+
+
+def added_fields(options: Dict[str, Any]) -> Dict[str, Any]:
+    """The upgrade of a version that only added fields: the old data's fields are unchanged and
+    the new ones take their defaults (chosen so that they do what the old version did)."""
+    return options
 
 
 def parse_bool(text: str) -> bool:

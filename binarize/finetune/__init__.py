@@ -21,9 +21,10 @@ What depends on the method comes from its record in :mod:`binarize.methods` (its
 the phases (BiPer trains in two stages, Vargas et al., 2024, section 3.1: stage 1 with the
 real-valued ``sin(omega w)`` weights at ``stage1_lr``, then ``binarize.set_stage(model, 2)``, which
 re-fits the scales from the stage-1 weights, and stage 2 at ``lr``, each with fresh optimizers and
-its own cosine schedule; others train in one phase), parameter groups with their own optimizer and
+its own schedule; others train in one phase), parameter groups with their own optimizer and
 learning rate (RBCN's C at ``rbcn_c_lr``), and defaults for options left at None (CBCN: the center
-loss; RBCN: the BatchNorm refresh after every epoch, ``bn_refresh``).
+loss; RBCN: the BatchNorm refresh after every epoch, ``bn_refresh``). Each paper's own recipe:
+``FinetuneConfig.paper(method, dataset)``.
 
 Runs are resumable exactly (``resume=``; :mod:`.state` lists what a checkpoint holds), Ctrl-C saves a
 checkpoint, and under ``torchrun`` the student is wrapped in ``DistributedDataParallel`` (see

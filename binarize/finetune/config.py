@@ -5,7 +5,10 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..config import VersionedConfig, field_docs, option, parse_bool
+from ..config import VersionedConfig, added_fields, field_docs, option, parse_bool
+
+#: The shapes ``FinetuneConfig.schedule`` names (:class:`binarize.finetune.phases.Schedule` draws them).
+SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass
@@ -18,15 +21,24 @@ class FinetuneConfig(VersionedConfig):
 
     # -- schedule
     epochs: int = option(10, "epochs of the (final) binary stage")
-    lr: float = option(0.01, "its initial learning rate (CBCN, RBCN: 0.01; BiPer stage 2: 0.01)")
+    lr: float = option(0.01, "its initial learning rate (CBCN: 0.01; BiPer stage 2: 0.01; RBCN gives none)")
     stage1_epochs: Optional[int] = option(
         None, "epochs of a two-stage method's stage 1 (BiPer: real-valued sin(omega w) weights); None: as "
               "many as epochs if the student is in stage 1, else 0")
     stage1_lr: float = option(0.1, "stage 1's initial learning rate (BiPer: 0.1)")
     warmup_epochs: float = option(
-        0.0, "linear warm-up at the start of each stage, in epochs (fractions allowed), then cosine decay "
-             "to min_lr at the stage's end (BiPer: cosine; the papers use no warm-up)")
+        0.0, "linear warm-up at the start of each stage, in epochs (fractions allowed), then the schedule "
+             "(the papers use no warm-up)")
+    schedule: str = option(
+        "cosine", "the learning rate of each stage after the warm-up: 'cosine' (decay to min_lr at the stage's "
+                  "end; BiPer), 'step' (times lr_decay every lr_decay_every epochs; CBCN on CIFAR and "
+                  "ImageNet) or 'constant' (CBCN's LeNet)")
     min_lr: float = option(0.0, "the learning rate the cosine decay ends at")
+    lr_decay: float = option(
+        0.9, "schedule='step': the factor (CBCN's 'degradation of 10 percent' read as 0.9; 0.1 is the other "
+              "reading)")
+    lr_decay_every: int = option(60, "schedule='step': epochs between decays, counted from the stage's start "
+                                     "(CBCN: 60 on CIFAR, 20 on ImageNet)")
     optimizer: str = option("sgd", "'sgd' (with momentum) or 'adam'")
     momentum: float = option(0.9, "SGD momentum (0.9 in all three papers)")
     weight_decay: float = option(
@@ -48,6 +60,10 @@ class FinetuneConfig(VersionedConfig):
            "layers of width gan_hidden (RBCN: 'four basic blocks of a linear layer and a LeakyReLU'; "
            "pooling and width are not given in the paper)")
     gan_hidden: int = option(256, "width of the discriminators' Linear layers")
+    gan_reduction: str = option(
+        "mean", "how lambda2's term adds up the samples of a batch: 'mean' or 'sum' (RBCN eq. 4, 'lambda2/2 "
+                "sum_l sum_i ||1 - D(T_i^l; Y)||^2', sums, i being the filter index; the discriminators give "
+                "one probability per sample and layer, so 'sum' sums over the batch and grows with its size)")
     gan_lr: float = option(1e-4, "the discriminators' Adam learning rate (betas 0.5, 0.999; not given in the paper)")
     rbcn_c_lr: float = option(1e-2, "eta2 of RBCN eq. 15, the learning rate of the matrices C (same schedule shape)")
     loss_weight_decay: float = option(
@@ -61,6 +77,12 @@ class FinetuneConfig(VersionedConfig):
     bn_refresh: Optional[bool] = option(
         None, "recompute the BatchNorm statistics after each epoch with the weights fixed (RBCN, algorithm 1 "
               "line 17); None: the method's default (on for RBCN), else off")
+    bn_refresh_mode: str = option(
+        "stats", "what bn_refresh updates (RBCN algorithm 1, line 17: 'Update all the parameters of the batch "
+                 "normalization layers'; section 2: 'the batch normalization (BN) layers are updated with W and "
+                 "C fixed after each epoch'): 'stats' recomputes the running statistics; 'affine' first trains "
+                 "the BatchNorm weights and biases for one pass over the epoch's batches with the objective, "
+                 "everything else frozen, then recomputes the statistics")
     # -- run
     run_dir: Optional[str] = option(
         None, "where checkpoints, metrics.csv, curves.png and best.pt go; None: nothing is written", cli=False)
@@ -79,9 +101,18 @@ class FinetuneConfig(VersionedConfig):
         None, "plain-data description of how the student was built (see binarize.checkpoint), stored in "
               "every checkpoint so the run can be rebuilt from the file; the CLI fills it in", cli=False)
 
+    # Version 2 added schedule, lr_decay, lr_decay_every, gan_reduction and bn_refresh_mode; their
+    # defaults are version 1's behaviour.
+    version = 2
+    upgrades = {1: added_fields}
+
     def __post_init__(self):
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer={self.optimizer!r}: expected 'sgd' or 'adam'")
+        for name, allowed in (("optimizer", ("sgd", "adam")), ("schedule", SCHEDULES),
+                              ("gan_reduction", ("mean", "sum")), ("bn_refresh_mode", ("stats", "affine"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(map(repr, allowed))}")
+        if self.lr_decay_every < 1:
+            raise ValueError(f"lr_decay_every={self.lr_decay_every}: expected a positive number of epochs")
         if self.epochs < 0 or (self.stage1_epochs or 0) < 0:
             raise ValueError("epochs and stage1_epochs must be >= 0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -91,6 +122,16 @@ class FinetuneConfig(VersionedConfig):
                 self.gan_features = (self.gan_features,)
         else:  # a tuple, as plain data's lists come back
             self.gan_features = tuple(self.gan_features)
+
+    @classmethod
+    def paper(cls, method: str, dataset: str, **overrides) -> "FinetuneConfig":
+        """The training recipe ``method``'s paper reports for ``dataset`` (its record's
+        ``paper_recipes``), with ``overrides`` on top; fields the paper leaves open keep binarize's
+        defaults. Some recipes also set convert options (RBCN's lambda1):
+        ``binarize.convert(model, method, **binarize.methods.paper_recipe(method, dataset).convert)``."""
+        from ..methods import paper_recipe
+
+        return cls(**{**paper_recipe(method, dataset).finetune, **overrides})
 
 
 # The fields' help texts are the one source of their documentation (also of `binarize finetune --help`).
@@ -105,6 +146,37 @@ def method_defaults(config: FinetuneConfig, policy) -> Dict[str, Any]:
     method's default (``policy.finetune_defaults``), else off."""
     return {name: getattr(config, name) if getattr(config, name) is not None
             else policy.finetune_defaults.get(name, off) for name, off in OFF.items()}
+
+
+def paper_table() -> str:
+    """README's table: every paper recipe next to binarize's defaults, one row per field a recipe sets
+    ("·": the paper does not give it, binarize's default applies; "method default": the method's own)."""
+    from ..methods import METHODS
+
+    columns = []  # (method, datasets, recipe), datasets sharing a recipe in one column
+    for name, method in METHODS.items():
+        shared: Dict[int, Tuple[Any, List[str]]] = {}
+        for dataset, recipe in method.paper_recipes.items():
+            shared.setdefault(id(recipe), (recipe, []))[1].append(dataset)
+        columns += [(name, datasets, recipe) for recipe, datasets in shared.values()]
+    defaults = FinetuneConfig()
+    rows = [(f"`{f.name}`", getattr(defaults, f.name), "finetune", f.name) for f in fields(FinetuneConfig)
+            if any(f.name in recipe.finetune for _, _, recipe in columns)]
+    for name, _, recipe in columns:
+        for key in recipe.convert:
+            label = f"`{key}` (convert)"
+            if label not in [row[0] for row in rows]:
+                rows.append((label, getattr(METHODS[name].config(), key), "convert", key))
+
+    def cell(value: Any) -> str:
+        return "method default" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    lines = ["| field | binarize default | " + " | ".join(f"{n} {', '.join(d)}" for n, d, _ in columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for label, default, part, key in rows:
+        values = [cell(getattr(r, part)[key]) if key in getattr(r, part) else "·" for _, _, r in columns]
+        lines.append(f"| {label} | {cell(default)} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
 
 
 def cli_options() -> Dict[str, Tuple[Callable[[str], Any], str]]:

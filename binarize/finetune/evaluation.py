@@ -33,8 +33,11 @@ def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.devi
 
 @torch.no_grad()
 def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
-    """RBCN's BN update: recompute every BatchNorm's running statistics over ``loader`` with the
-    weights fixed (cumulative average over the batches), then average them over ranks."""
+    """RBCN's BN update ("the batch normalization (BN) layers are updated with W and C fixed after
+    each epoch", section 2): recompute every BatchNorm's running statistics over ``loader`` in
+    training mode with the weights fixed, as the plain average of the batches' statistics (momentum
+    None), then average them over ranks. ``FinetuneConfig.bn_refresh_mode="affine"`` also trains the
+    BatchNorm weights and biases first (the trainer's pass)."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return

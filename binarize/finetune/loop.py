@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
@@ -122,7 +123,7 @@ class _Trainer:
         self.teacher = teacher.to(self.device).eval().requires_grad_(False) if teacher is not None else None
         self.policy = training_policy(student)
         phases = [] if resumed else self.policy.training_phases(student, config)
-        self.schedule = Schedule(phases, config.warmup_epochs, config.min_lr)
+        self.schedule = Schedule(phases, config)
         self.run_dir = Path(config.run_dir) if config.run_dir else None
         defaults = method_defaults(config, self.policy)
         self.bn_refresh = defaults["bn_refresh"]
@@ -239,7 +240,10 @@ class _Trainer:
 
     # -- one step ------------------------------------------------------------------------------
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:
+    def _train_step(self, images: torch.Tensor, labels: torch.Tensor,
+                    only: Optional[List[nn.Parameter]] = None) -> Tuple[torch.Tensor, Dict[str, float], torch.Tensor]:
+        """One step of the objective; ``only``: the student's optimizers update just these parameters
+        (the others' gradients are dropped after the backward pass, which DDP still runs in full)."""
         config = self.config
         teacher_logits = None
         if self.teacher is not None and self.objective.needs_teacher:
@@ -253,6 +257,11 @@ class _Trainer:
         for optimizer in self.student_optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if only is not None:
+            kept = {id(p) for p in only}
+            for p in self.model.parameters():
+                if id(p) not in kept:
+                    p.grad = None  # an optimizer skips a parameter without a gradient (no decay, no momentum)
         for optimizer in self.student_optimizers.values():
             optimizer.step()
         self.objective.after_step(batch)
@@ -342,6 +351,8 @@ class _Trainer:
     def _finish_epoch(self, phase: Phase, images_per_s: float) -> None:
         config, stats = self.config, self.epoch_stats
         if self.bn_refresh:
+            if config.bn_refresh_mode == "affine":
+                self._train_batchnorm_affine()
             refresh_batchnorm(self.model, self._loader_for(self.epoch_order), self.device)
         keys = sorted(stats)
         totals = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
@@ -373,6 +384,18 @@ class _Trainer:
             self.reporter.write_metrics(self.history.epochs)
         self._save_training_state()
         barrier()  # the other ranks wait for rank 0's evaluation and files
+
+    def _train_batchnorm_affine(self) -> None:
+        """``bn_refresh_mode="affine"``: one pass over the epoch's batches in which the objective trains
+        only the BatchNorm weights and biases, W and C fixed (RBCN algorithm 1, line 17), at the
+        learning rate of the epoch's last step. Its numbers are not the epoch's: the epoch's
+        statistics are kept aside meanwhile."""
+        affine = [p for m in self.model.modules() if isinstance(m, _BatchNorm) for p in m.parameters()]
+        epoch_stats, self.epoch_stats = self.epoch_stats, {}
+        self.model.train()
+        for images, labels in self._loader_for(self.epoch_order):
+            self._train_step(images.to(self.device), labels.to(self.device), only=affine)
+        self.epoch_stats = epoch_stats
 
     # -- checkpoints -----------------------------------------------------------------------------
 

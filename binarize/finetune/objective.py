@@ -36,9 +36,11 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> 
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def adversarial_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """``1/2 ||1 - D(T)||^2`` per sample (RBCN eq. 4 without lambda2), mean over the batch."""
-    return 0.5 * (1 - torch.sigmoid(fake_logits)).pow(2).mean()
+def adversarial_loss(fake_logits: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """``1/2 ||1 - D(T)||^2`` per sample (RBCN eq. 4 without lambda2), mean (or, ``reduction="sum"``,
+    sum) over the batch."""
+    per_sample = 0.5 * (1 - torch.sigmoid(fake_logits)).pow(2)
+    return per_sample.sum() if reduction == "sum" else per_sample.mean()
 
 
 class FeatureDiscriminator(nn.Module):
@@ -189,8 +191,9 @@ class AdversarialFeatures(Term):
 
     needs_teacher = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str], weight: float, lr: float):
-        self.names, self.weight, self.lr = list(names), weight, lr
+    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str], weight: float, lr: float,
+                 reduction: str = "mean"):
+        self.names, self.weight, self.lr, self.reduction = list(names), weight, lr, reduction
         self.discriminators = nn.ModuleDict()
         self.student_taps = FeatureTaps(student, self.names)
         self.teacher_taps = FeatureTaps(teacher, self.names)
@@ -228,7 +231,8 @@ class AdversarialFeatures(Term):
         real, fake = self.teacher_taps.take(), self.student_taps.take()
         batch.reports["disc"] = self.discriminator_step(real, fake)
         self.discriminators.requires_grad_(False)  # the student's term must not train D
-        loss = self.weight * batch.decay * sum(adversarial_loss(self.discriminator(n)(fake[n])) for n in self.names)
+        loss = self.weight * batch.decay * sum(adversarial_loss(self.discriminator(n)(fake[n]), self.reduction)
+                                                  for n in self.names)
         self.discriminators.requires_grad_(True)
         return {"gan": loss}
 
@@ -322,7 +326,8 @@ def build_objective(config, student: nn.Module, teacher: Optional[nn.Module], sa
                 except AttributeError:
                     raise ValueError(f"gan_features: the {role} has no module {name!r}") from None
         if names:
-            adversarial = AdversarialFeatures(student, teacher, names, config.gan_weight, config.gan_lr)
+            adversarial = AdversarialFeatures(student, teacher, names, config.gan_weight, config.gan_lr,
+                                              config.gan_reduction)
             terms.append(adversarial)
     terms.append(LayerLosses(student))
     center = CenterTerm(student, center_weight, config.center_lr) if center_weight > 0 else None

@@ -11,7 +11,7 @@ overrides what its paper changes. Adding a method means one module here and a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Type
 
 from torch import nn
@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the trainer imports this package, not the other way round
 
 @dataclass(frozen=True)
 class Phase:
-    """A span of epochs the trainer runs with its own fresh optimizers and cosine schedule
+    """A span of epochs the trainer runs with its own fresh optimizers and learning-rate schedule
     (BiPer's stages); ``stage`` is the method stage set on the model when the phase starts."""
 
     name: str
@@ -44,6 +44,18 @@ class ParameterGroup:
     lr: float
 
 
+@dataclass(frozen=True)
+class PaperRecipe:
+    """A paper's own training recipe for one dataset: values of :class:`~binarize.FinetuneConfig`
+    fields (``finetune``) and of the method's convert options (``convert``: RBCN's lambda1), and the
+    paper's words they come from (``source``). A field the paper does not give is not named: it keeps
+    binarize's default. ``FinetuneConfig.paper(method, dataset)`` builds the config from it."""
+
+    finetune: Mapping[str, Any]
+    convert: Mapping[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+
 class TrainingPolicy:
     """The training hooks, with the defaults of a one-stage method that adds nothing. A float
     model (no binary layers) is trained with exactly these defaults."""
@@ -54,6 +66,9 @@ class TrainingPolicy:
     #: (RBCN: ``bn_refresh``; CBCN: ``center_loss_weight``); fields not named here fall back to
     #: the config's own "off" value.
     finetune_defaults: ClassVar[Mapping[str, Any]] = {}
+    #: The paper's own recipes by dataset name (lower case; datasets sharing a recipe share the
+    #: object); empty for a method whose paper binarize does not follow for training.
+    paper_recipes: ClassVar[Mapping[str, PaperRecipe]] = {}
 
     def parameter_groups(self, model: nn.Module, config: "FinetuneConfig") -> List[ParameterGroup]:
         """Parameters trained apart from the rest of the student, each group with its learning rate."""
@@ -118,6 +133,19 @@ def method_for_config(config: ConvertConfig) -> Method:
             return method
     raise TypeError(f"{type(config).__name__} is not the config of a registered method "
                     f"({', '.join(m.config.__name__ for m in METHODS.values())})")
+
+
+def paper_recipe(method: str, dataset: str) -> PaperRecipe:
+    """The recipe ``method``'s paper reports for ``dataset``; a clear error names what exists."""
+    recipes = get_method(method).paper_recipes
+    if not recipes:
+        having = sorted(name for name, m in METHODS.items() if m.paper_recipes)
+        raise ValueError(f"method {method!r} has no paper recipe; methods with one: {having}")
+    try:
+        return recipes[dataset.lower()]
+    except KeyError:
+        raise ValueError(f"dataset={dataset!r}: the {method} paper gives a recipe for "
+                         f"{', '.join(sorted(recipes))}") from None
 
 
 def staged_methods() -> List[str]:

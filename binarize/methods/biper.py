@@ -31,7 +31,7 @@ from ..analysis import auto_omega, laplace_fit, optimal_scale
 from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear, per_channel
 from ..quantizers import binary_sign
-from . import Method, Phase, register_method
+from . import Method, PaperRecipe, Phase, register_method
 
 
 @dataclass
@@ -105,11 +105,23 @@ class BiPerLinear(BiPerWeights, BinaryLinear):
     pass
 
 
+#: Section 3.1, ImageNet (the only dataset): "All experiments used SGD optimization with 0.9
+#: momentum." "The learning rate was set to 0.1 in the first stage and, 0.01 in the second stage. In
+#: both stages the learning rate was adjusted by the cosine scheduler." The paper trains with
+#: cross-entropy alone (no distillation, no discriminators) and gives no epochs, batch size or weight decay.
+IMAGENET = PaperRecipe(
+    finetune={"optimizer": "sgd", "momentum": 0.9, "stage1_lr": 0.1, "lr": 0.01, "schedule": "cosine",
+              "warmup_epochs": 0.0, "kd_weight": 0.0, "gan_weight": 0.0, "center_loss_weight": 0.0,
+              "bn_refresh": False},
+    source="section 3.1")
+
+
 class BiPerMethod(Method):
     """Two training stages (section 2.3): stage 1 at ``stage1_lr`` for ``stage1_epochs``, then
     stage 2 at ``lr`` for ``epochs``, each with its own optimizers and schedule."""
 
     stages = 2
+    paper_recipes = {"imagenet": IMAGENET}
 
     def training_phases(self, model, config) -> List[Phase]:
         current = self.current_stage(model)

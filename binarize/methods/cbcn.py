@@ -37,7 +37,7 @@ import torch
 from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear, mean_abs_per_channel, per_channel
 from ..quantizers import binary_sign
-from . import Method, register_method
+from . import Method, PaperRecipe, register_method
 from .xnor import XnorWeights
 
 #: Flat (row-major) indices of the 3x3 outer ring, in counter-clockwise order from the top-left.
@@ -130,10 +130,35 @@ class CBCNLinear(XnorWeights, BinaryLinear):
     pass
 
 
+# Section 4.1. Every recipe trains with the softmax (cross-entropy) and center losses (the center
+# loss's weight is not given: the method's default below), no distillation, no discriminators, no
+# BatchNorm refresh. "A degradation of 10%" is read as a factor 0.9 (lr_decay; 0.1 is the other reading).
+_CBCN_LOSSES = {"kd_weight": 0.0, "gan_weight": 0.0, "center_loss_weight": None, "bn_refresh": False,
+                "warmup_epochs": 0.0}
+#: "The initial learning rate is 0.01 with no degradation before reaching the maximum epoch of 50 for
+#: MNIST and MNIST-rot." (LeNet; optimizer not given)
+MNIST = PaperRecipe(finetune={"lr": 0.01, "schedule": "constant", "epochs": 50, **_CBCN_LOSSES},
+                    source="section 4.1, LeNet backbone")
+#: "SGD is used as the optimization algorithm with a momentum of 0.9 and a weight decay 1e-4 [...] on
+#: CIFAR10/100, the initial rate is 0.01 with a degradation of 10% for every 60 epochs before reaching
+#: the maximum epoch of 200." (ResNet-18; WRN: the same learning rate and decay)
+CIFAR = PaperRecipe(
+    finetune={"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "lr": 0.01, "schedule": "step",
+              "lr_decay": 0.9, "lr_decay_every": 60, "epochs": 200, **_CBCN_LOSSES},
+    source="section 4.1, WRN and ResNet18 backbones")
+#: "The initial learning rate is 0.01 with a degradation of 10% for every 20 epochs before reaching the
+#: maximum epoch of 70 on ImageNet" (ResNet-18, SGD as on CIFAR)
+IMAGENET = PaperRecipe(finetune=dict(CIFAR.finetune, lr_decay_every=20, epochs=70),
+                       source="section 4.1, ResNet18 backbone")
+
+
 class CBCNMethod(Method):
-    """The center loss (section 3.3, Wen et al.'s) is on by default, lambda = 0.01."""
+    """The center loss (section 3.3, Wen et al.'s) is on by default, lambda = 0.01 (the paper gives
+    no value)."""
 
     finetune_defaults = {"center_loss_weight": 0.01}
+    paper_recipes = {"mnist": MNIST, "mnist-rot": MNIST, "cifar10": CIFAR, "cifar100": CIFAR,
+                     "cifar10-rot": CIFAR, "imagenet": IMAGENET}
 
 
 register_method(CBCNMethod("cbcn", CBCNConfig, CBCNConv2d, CBCNLinear))

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear
 from ..quantizers import binary_sign
-from . import Method, ParameterGroup, register_method
+from . import Method, PaperRecipe, ParameterGroup, register_method
 
 
 @dataclass
@@ -70,11 +70,30 @@ class RBCNLinear(RectifiedWeights, BinaryLinear):
     pass
 
 
+# Section 3.1. Every recipe trains with the softmax loss, the kernel loss (lambda1) and the GAN term
+# (lambda2), no logit distillation, no center loss, and updates the BatchNorm layers after each epoch
+# (algorithm 1, line 17). The paper gives no learning rate or learning-rate schedule ("The training
+# details are the same as in [Zagoruyko and Komodakis, 2016]" for WRN): those keep binarize's defaults.
+# "A degradation of 10%" is read as a factor 0.9 (loss_weight_decay).
+_RBCN_LOSSES = {"kd_weight": 0.0, "center_loss_weight": 0.0, "bn_refresh": True, "loss_weight_decay": 0.9,
+                "warmup_epochs": 0.0, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4}
+#: "on CIFAR10/100, lambda1 and lambda2 are set as 0.01 with a degradation of 10% for every 60 epochs
+#: before reaching the maximum epoch of 200." (ResNet18; WRN: the same lambdas)
+CIFAR = PaperRecipe(finetune={"gan_weight": 0.01, "loss_weight_decay_every": 60, "epochs": 200, **_RBCN_LOSSES},
+                    convert={"kernel_loss_weight": 0.01}, source="section 3.1, WRN and ResNet18 backbones")
+#: "SGD is used as the optimization algorithm with a momentum of 0.9 and a weight decay 1e-4. lambda1
+#: and lambda2 are set as 0.1 with a degradation of 10% for every 20 epochs before reaching the maximum
+#: epoch of 70 on ImageNet"
+IMAGENET = PaperRecipe(finetune={"gan_weight": 0.1, "loss_weight_decay_every": 20, "epochs": 70, **_RBCN_LOSSES},
+                       convert={"kernel_loss_weight": 0.1}, source="section 3.1, ResNet18 backbone")
+
+
 class RBCNMethod(Method):
-    """C trains with its own optimizer at ``rbcn_c_lr`` (eta2 of eq. 15); the BatchNorm statistics
-    are refreshed after every epoch (algorithm 1, line 17)."""
+    """C trains with its own optimizer at ``rbcn_c_lr`` (eta2 of eq. 15); the BatchNorm layers are
+    updated after every epoch (algorithm 1, line 17; ``bn_refresh_mode`` says how)."""
 
     finetune_defaults = {"bn_refresh": True}
+    paper_recipes = {"cifar10": CIFAR, "cifar100": CIFAR, "imagenet": IMAGENET}
 
     def parameter_groups(self, model, config):
         params = [m.C for m in model.modules() if isinstance(m, RectifiedWeights) and m.C.requires_grad]

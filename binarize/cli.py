@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import itertools
 import os
 import runpy
 import statistics
@@ -318,8 +319,22 @@ def cmd_export(args) -> None:
         size, source = _recipe_input_size(data["recipe"]), f"the input size recorded in {args.checkpoint}"
     if size is None:
         raise ValueError(f"{args.checkpoint} does not record the input size: pass --input-size C,H,W")
-    binarize.export(model, out, torch.randn(*_checked_input_size(model, size, source)))
+    calibration = _calibration_batches(args.checkpoint, data["recipe"], args.calibrate) if args.calibrate else None
+    binarize.export(model, out, torch.randn(*_checked_input_size(model, size, source)), calibration=calibration)
     print(f"wrote {out} ({os.path.getsize(out) / 1024:.1f} KiB)")
+
+
+def _calibration_batches(checkpoint, recipe, count: int) -> List[torch.Tensor]:
+    """The first ``count`` batches of the training data the checkpoint's run used."""
+    from .datasets import make_loaders
+
+    data = (recipe or {}).get("data")
+    if not data:
+        raise ValueError(f"{checkpoint} records no training data to calibrate on (only checkpoints of "
+                         f"`binarize finetune` do): use binarize.export(..., calibration=batches) from Python")
+    train, _, _ = make_loaders(data["name"], data["data_dir"], batch_size=data["batch_size"], seed=data["seed"],
+                               image_size=data["image_size"], channels=data["channels"])
+    return [images for images, _ in itertools.islice(train, count)]
 
 
 def cmd_summary(args) -> None:
@@ -516,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="the .onnx file to write")
     p.add_argument("--input-size", metavar="C,H,W", help="example input size (default: the run's data)")
     p.add_argument("--float", action="store_true", help="export the float teacher instead (for comparisons)")
+    p.add_argument("--calibrate", type=_positive, metavar="N",
+                   help="store the float convs in int8, ranges measured on N batches of the run's training data "
+                        "(smaller file; check the accuracy: README, Export and runtime)")
     _add_trust_code(p)
     p.set_defaults(run=cmd_export)
 

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -50,6 +51,11 @@ def test_convert_finetune_resume_export_summary_bench(tmp_path, capsys):
     assert main(["export", str(run / "best.pt"), str(binary)]) == 0
     assert main(["export", str(run / "best.pt"), str(floating), "--float"]) == 0
     assert binary.is_file() and floating.is_file()
+    calibrated = tmp_path / "int8.onnx"
+    assert main(["export", str(run / "best.pt"), str(calibrated), "--calibrate", "2"]) == 0
+    assert "QuantizeLinear" in {node.op_type for node in onnx.load(calibrated).graph.node}
+    _user_error(capsys, ["export", str(student), str(tmp_path / "s.onnx"), "--calibrate", "2"], str(student),
+                "records no training data to calibrate on")
 
     assert main(["summary", str(run / "best.pt")]) == 0
     assert "binary" in capsys.readouterr().out

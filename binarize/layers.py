@@ -44,6 +44,10 @@ class BinaryLayer:
     config: ConvertConfig
     #: Packed output channels per logical output channel (CBCN's K); the runtime takes a max over them.
     orientations: int = 1
+    #: The binarization point of the input, one per input channel / feature (ReActNet's RSign;
+    #: an nn.Parameter set by the conversion option that learns it), or None for 0. Exported as
+    #: BinaryConv2d / BinaryLinear v2's ``threshold``.
+    input_threshold: Optional[torch.Tensor] = None
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError
@@ -59,6 +63,13 @@ class BinaryLayer:
         return {}
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The method's activation estimator of ``x - input_threshold`` (the threshold along the
+        channel axis 1 of a conv input, the feature axis -1 of a Linear input)."""
+        if self.input_threshold is not None:
+            axis = -1 if isinstance(self, nn.Linear) else 1
+            shape = [1] * x.dim()
+            shape[axis] = -1
+            x = x - self.input_threshold.view(shape)
         name = self.config.activation_estimator
         return get_estimator(name)(x, **self.config.estimator_kwargs(name))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
-           "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "definition", "conv_output_size", "MAX_SPATIAL",
+           "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2", "definition", "conv_output_size", "MAX_SPATIAL",
            "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
 
 DOMAIN = "binarize"
@@ -77,12 +77,14 @@ class Attribute:
 
 @dataclasses.dataclass(frozen=True)
 class Parameter:
-    """An input or output: name, element type (``float32`` / ``int64``), shape in words, meaning."""
+    """An input or output: name, element type (``float32`` / ``int64``), shape in words, meaning;
+    an ``optional`` input may be left out (an empty name in the node's input list)."""
 
     name: str
     dtype: str
     shape: str
     doc: str
+    optional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +216,72 @@ operator does not have (e.g. a convolution attribute); `X` of rank < 2 or with l
     torch_op="binarize::binary_linear",
 )
 
+# Version 2: two optional inputs. A threshold per input channel moves the binarization point
+# (ReActNet's RSign, learnt by the layer's ``input_threshold``), and a residual is added after
+# the per-channel transform, so a double skip's Add runs in the op's epilogue instead of as a
+# separate pass over the output. Left out, both give exactly version 1.
+_THRESHOLD_DOC = ("per-input-channel binarization point: the bit of x[c] is sign(x[c] - threshold[c]); "
+                  "absent = 0 (version 1)")
+_RESIDUAL_DOC = "added to Y after the per-channel transform (a double skip's shortcut); absent = 0"
+_V2_SEMANTICS = """\
+Version 1 with two optional inputs (absent, the result is exactly version 1's):
+
+    t[c] = threshold[c] (0 when absent),  R = residual (0 when absent)
+    sign(X[..., c]) of version 1 becomes sign(X[..., c] - t[c]), the difference in float32
+    (sign(0) = +1, NaN -> -1; bit 1 iff X[..., c] - t[c] < 0 or is NaN)
+    Y = multiplier[m] · D + bias[m] + R[..., m, ...]   (the sum in float32, in this order)
+
+The threshold applies before the zero padding: padded taps still contribute 0. The residual has
+exactly Y's shape (no broadcasting)."""
+
+BINARY_CONV2D_V2 = OpDefinition(
+    name="BinaryConv2d", version=2,
+    summary="Version 1 with an optional per-input-channel threshold (sign(X - threshold)) and an optional "
+            "residual added to Y: Y = multiplier * D + bias + residual.",
+    inputs=(*BINARY_CONV2D_V1.inputs,
+            Parameter("threshold", "float32", "[C]", _THRESHOLD_DOC, optional=True),
+            Parameter("residual", "float32", "[N, M, OH, OW]", _RESIDUAL_DOC, optional=True)),
+    outputs=BINARY_CONV2D_V1.outputs,
+    attributes=tuple(dataclasses.replace(a, constraint="must be 1") if a.name == "group" else a
+                     for a in BINARY_CONV2D_V1.attributes),
+    semantics=BINARY_CONV2D_V1.semantics.split("\n\nwhere Wpm")[0].replace(
+        "transform. The input", "transform (version 1, then the two optional inputs below). The input") +
+    "\n\n" + _V2_SEMANTICS + """
+
+The reference implementation is the eager PyTorch op `torch.ops.binarize.binary_conv2d_v2`
+(`binarize.converters.ops`), tested against every kernel path.""",
+    errors=BINARY_CONV2D_V1.errors + """ Version 2 also: `threshold` not float32 of shape [C];
+`residual` not float32 of exactly Y's shape.""",
+    torch_op="binarize::binary_conv2d_v2",
+    check_together=_check_reduction_size,
+)
+
+BINARY_LINEAR_V2 = OpDefinition(
+    name="BinaryLinear", version=2,
+    summary="Version 1 with an optional per-feature threshold (sign(X - threshold)) and an optional residual "
+            "added to Y.",
+    inputs=(*BINARY_LINEAR_V1.inputs,
+            Parameter("threshold", "float32", "[K]", _THRESHOLD_DOC.replace("input channel", "input feature"),
+                      optional=True),
+            Parameter("residual", "float32", "[..., M]", _RESIDUAL_DOC, optional=True)),
+    outputs=BINARY_LINEAR_V1.outputs,
+    attributes=BINARY_LINEAR_V1.attributes,
+    semantics="""\
+Fully connected layer on the binarized input, version 1 plus the two optional inputs:
+
+    Y[..., m] = multiplier[m] · Σ_k sign(X[..., k] - t[k]) · Wpm[m, k] + bias[m] + R[..., m]
+
+""" + _V2_SEMANTICS + """
+
+The reference implementation is the eager PyTorch op `torch.ops.binarize.binary_linear_v2`
+(`binarize.converters.ops`).""",
+    errors=BINARY_LINEAR_V1.errors + """ Version 2 also: `threshold` not float32 of shape [K];
+`residual` not float32 of exactly Y's shape.""",
+    torch_op="binarize::binary_linear_v2",
+)
+
 #: Every operator version, oldest first.
-OPS: Tuple[OpDefinition, ...] = (BINARY_CONV2D_V1, BINARY_LINEAR_V1)
+OPS: Tuple[OpDefinition, ...] = (BINARY_CONV2D_V1, BINARY_LINEAR_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V2)
 #: Versions of the ``binarize`` domain that a model may import.
 SUPPORTED_VERSIONS: Tuple[int, ...] = tuple(sorted({op.version for op in OPS}))
 #: The version new exports write.
@@ -255,7 +321,8 @@ def _default_text(attribute: Attribute) -> str:
 def op_page(op: OpDefinition) -> str:
     """The Markdown page of one operator version."""
     def table(parameters: Sequence[Parameter]) -> str:
-        rows = [f"| `{p.name}` | {p.dtype} | {p.shape} | {p.doc} |" for p in parameters]
+        rows = [f"| `{p.name}` | {p.dtype} | {p.shape} | {'(optional) ' if p.optional else ''}{p.doc} |"
+                for p in parameters]
         return "\n".join(["| name | type | shape | description |", "|---|---|---|---|", *rows])
 
     attributes = [f"| `{a.name}` | {a.type} | {a.doc} | {'yes' if a.required else 'no'} | {_default_text(a)} | "
@@ -312,6 +379,9 @@ def cpp_header() -> str:
     for op in OPS:
         lines.append(f"// {op.name} version {op.version}")
         lines.append(f"constexpr int k{op.name}V{op.version}Version = {op.version};")
+        lines.append(f"constexpr int k{op.name}V{op.version}Inputs = {len(op.inputs)};")
+        lines.append(f"constexpr int k{op.name}V{op.version}RequiredInputs = "
+                     f"{sum(not p.optional for p in op.inputs)};  // the others are optional")
         lines.append(f"constexpr AttributeDefinition k{op.name}V{op.version}Attributes[] = {{")
         lines.extend(_cpp_attribute(op, a).replace("AttributeType::int,", "AttributeType::int_,") for a in op.attributes)
         lines.extend(["};", ""])

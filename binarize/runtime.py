@@ -29,8 +29,9 @@ def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 def check_model(model: onnx.ModelProto, where: str = "the model") -> None:
     """ValueError naming ``where`` when ``model`` imports a ``binarize`` opset version this release
-    does not implement, or has a ``binarize`` node with an attribute its operator does not define
-    (ONNX Runtime lets a custom op see neither; the kernel library checks everything else)."""
+    does not implement, or has a ``binarize`` node with an attribute its operator does not define or
+    a number of inputs it does not take (ONNX Runtime lets a custom op see neither attribute names
+    nor versions; the kernel library checks everything else)."""
     versions = [entry.version for entry in model.opset_import if entry.domain == opset.DOMAIN]
     if not versions:
         return
@@ -46,6 +47,11 @@ def check_model(model: onnx.ModelProto, where: str = "the model") -> None:
         if unknown:
             raise ValueError(f"{where}: node {node.name or node.output[0]!r} ({op.name} version {op.version}) has "
                              f"unknown attribute(s) {unknown}; its attributes are {list(op.attribute_names)}")
+        required = sum(not p.optional for p in op.inputs)
+        if not required <= len(node.input) <= len(op.inputs):
+            raise ValueError(f"{where}: node {node.name or node.output[0]!r} ({op.name} version {op.version}) has "
+                             f"{len(node.input)} inputs; it takes {list(p.name for p in op.inputs)} (the last "
+                             f"{len(op.inputs) - required} optional)")
 
 
 def session(path_or_bytes: Union[str, os.PathLike, bytes], threads: Optional[int] = None,

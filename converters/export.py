@@ -19,6 +19,7 @@ Three steps:
 from __future__ import annotations
 
 import copy
+import operator
 import os
 import warnings
 from collections import Counter
@@ -29,6 +30,7 @@ import onnx
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from binarize.checkpoint import atomic_write
 from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
@@ -109,6 +111,10 @@ def _bias(layer: BinaryLayer, channels: int) -> torch.Tensor:
     return layer.bias.detach().cpu().double()
 
 
+def _input_threshold(layer: BinaryLayer) -> Optional[torch.Tensor]:
+    return None if layer.input_threshold is None else layer.input_threshold.detach().cpu()
+
+
 def _packed_conv(name: str, layer: BinaryConv2d, bn: Optional[nn.BatchNorm2d]) -> PackedBinaryConv2d:
     """The inference module of ``layer``, with ``bn`` (if given) folded into multiplier and bias.
     Folding runs in float64 so that the float32 result is the correctly rounded one."""
@@ -119,7 +125,8 @@ def _packed_conv(name: str, layer: BinaryConv2d, bn: Optional[nn.BatchNorm2d]) -
                          f"BinaryConv2d zero-pads its binarized input")
     signs, multiplier = _export_weight(name, layer)
     bias = _bias(layer, layer.out_channels)
-    geometry = dict(stride=tuple(layer.stride), pads=_conv_pads(layer), dilation=tuple(layer.dilation))
+    geometry = dict(stride=tuple(layer.stride), pads=_conv_pads(layer), dilation=tuple(layer.dilation),
+                    threshold=_input_threshold(layer))
     if layer.orientations > 1:  # the max over orientations comes before the bias (and any BatchNorm)
         zeros = torch.zeros(signs.shape[0], dtype=torch.float64)
         return PackedBinaryConv2d(name, signs, multiplier, zeros, orientations=layer.orientations,
@@ -135,7 +142,8 @@ def _packed_conv(name: str, layer: BinaryConv2d, bn: Optional[nn.BatchNorm2d]) -
 
 def _packed_linear(name: str, layer: BinaryLinear) -> PackedBinaryLinear:
     signs, multiplier = _export_weight(name, layer)
-    return PackedBinaryLinear(name, signs, multiplier, _bias(layer, layer.out_features))
+    return PackedBinaryLinear(name, signs, multiplier, _bias(layer, layer.out_features),
+                              threshold=_input_threshold(layer))
 
 
 def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
@@ -143,24 +151,96 @@ def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, child, module)
 
 
+def _keeps_signs_for(clip: nn.Hardtanh, layer: nn.Module) -> bool:
+    """Whether ``layer`` (a packed binary layer) reads the same signs with and without ``clip``:
+    sign(clamp(x, lo, hi) - t) = sign(x - t) for every x exactly when lo < t <= hi (t = 0 without
+    an input threshold, which :func:`binarize.matchers.preserves_sign` already checked)."""
+    if not isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear)):
+        return False
+    t = layer.threshold
+    return t is None or bool(((t > clip.min_val) & (t <= clip.max_val)).all())
+
+
 def _drop_sign_preserving_clips(gm: fx.GraphModule) -> None:
     """Remove a sign-input activation (:func:`binarize.tags.is_sign_input`: in a converted model the
-    Hardtanh convert put there) whose every consumer is a packed binary layer: the layer only reads
-    the sign of its input, and Hardtanh(-a, b) with a, b > 0 keeps every sign (sign(0) = +1), so the
-    Clip would be computed for nothing at run time."""
-    packed = (PackedBinaryConv2d, PackedBinaryLinear)
+    Hardtanh convert put there) whose every consumer is a packed binary layer that reads its input
+    only through sign(x - threshold), which the Hardtanh does not change (:func:`_keeps_signs_for`),
+    so the Clip would be computed for nothing at run time."""
     tagged = is_tagged(gm.graph)
     for node in list(gm.graph.nodes):
         if (node.op == "call_module" and is_sign_input(gm, node, tagged) and preserves_sign(module_of(gm, node))
-                and node.users and all(isinstance(module_of(gm, user), packed) for user in node.users)):
+                and node.users and all(_keeps_signs_for(module_of(gm, node), module_of(gm, user))
+                                       for user in node.users)):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
 
-def prepare(model: nn.Module) -> fx.GraphModule:
+_ADDS = (operator.add, torch.add)
+
+
+def _residual_add(node: fx.Node) -> Optional[Tuple[fx.Node, fx.Node]]:
+    """(the other operand, the Add) when ``node`` is a packed layer's call whose only consumer is
+    a plain two-tensor Add with a float32 operand of exactly the layer's output shape (the shapes
+    :class:`~torch.fx.passes.shape_prop.ShapeProp` recorded), computed by another node."""
+    users = list(node.users)
+    if len(users) != 1 or len(node.args) != 1 or node.kwargs:
+        return None
+    add = users[0]
+    is_add = ((add.op == "call_function" and add.target in _ADDS) or
+              (add.op == "call_method" and add.target == "add"))
+    if not is_add or add.kwargs or len(add.args) != 2 or add.args[0] is add.args[1]:
+        return None
+    other = add.args[1] if add.args[0] is node else add.args[0]
+    if not isinstance(other, fx.Node):
+        return None
+    mine, theirs, result = (n.meta.get("tensor_meta") for n in (node, other, add))
+    same = all(isinstance(m, TensorMetadata) for m in (mine, theirs, result)) and \
+        mine.shape == theirs.shape == result.shape and mine.dtype == theirs.dtype == torch.float32
+    return (other, add) if same else None
+
+
+def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> int:
+    """Move each Add of a packed layer's output and a same-shape tensor (a double skip's shortcut;
+    BatchNorm already folded into multiplier and bias) into the layer's op as its residual
+    (BinaryConv2d / BinaryLinear v2): the sum is then written once, as the op stores its output,
+    instead of by a separate pass over two tensors. Returns the number of Adds fused."""
+    ShapeProp(gm).propagate(*args)
+    fused = 0
+    for node in list(gm.graph.nodes):
+        module = module_of(gm, node) if node.op == "call_module" else None
+        if not isinstance(module, (PackedBinaryConv2d, PackedBinaryLinear)) or not module.takes_residual:
+            continue
+        match = _residual_add(node)
+        if match is None:
+            continue
+        other, add = match
+        with gm.graph.inserting_before(add):  # both operands exist here; the layer's call may be earlier
+            call = gm.graph.call_module(node.target, node.args, {"residual": other})
+        call.meta = dict(add.meta)
+        add.replace_all_uses_with(call)
+        gm.graph.erase_node(add)
+        gm.graph.erase_node(node)
+        fused += 1
+    return fused
+
+
+def _set_op_version(gm: fx.GraphModule) -> int:
+    """2 on every packed layer when one of them needs BinaryConv2d / BinaryLinear v2 (a threshold,
+    a fused residual), else 1, so a model that uses neither exports exactly as before version 2;
+    an ONNX model imports one version of the ``binarize`` domain. Returns the version."""
+    layers = [m for m in gm.modules() if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))]
+    residual_calls = any(n.op == "call_module" and "residual" in n.kwargs for n in gm.graph.nodes)
+    version = 2 if residual_calls or any(m.threshold is not None for m in layers) else 1
+    for layer in layers:
+        layer.op_version = version
+    return version
+
+
+def prepare(model: nn.Module, example_input: Optional[Inputs] = None) -> fx.GraphModule:
     """The inference form of ``model`` that :func:`to_onnx` exports, runnable in PyTorch: a copy in
-    eval mode whose binary layers are packed modules, with the foldable BatchNorms folded in.
-    ``model`` itself is not modified."""
+    eval mode whose binary layers are packed modules, with the foldable BatchNorms folded in and,
+    given ``example_input`` (the shapes tell which Adds can be fused), the Adds of a binary layer's
+    output and a same-shape tensor fused into the layer's op. ``model`` itself is not modified."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"export expects an nn.Module, got {type(model).__name__}")
     gm = _graph_copy(model)
@@ -187,6 +267,10 @@ def prepare(model: nn.Module) -> fx.GraphModule:
             _replace_module(gm, name, _packed_linear(name, layer))
     _drop_sign_preserving_clips(gm)
     gm.recompile()
+    if example_input is not None:
+        _fuse_residual_adds(gm, _example_args(example_input))
+        gm.recompile()
+    _set_op_version(gm)
     gm.delete_all_unused_submodules()
     return gm
 
@@ -206,8 +290,8 @@ def _limit_ir_version(proto: onnx.ModelProto) -> None:
 
 
 def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-            input_names: Optional[Sequence[str]] = None,
-            output_names: Optional[Sequence[str]] = None) -> onnx.ModelProto:
+            input_names: Optional[Sequence[str]] = None, output_names: Optional[Sequence[str]] = None,
+            fuse_residual_adds: bool = True) -> onnx.ModelProto:
     """The ONNX model of ``model`` (see :func:`export`), checked, without writing a file."""
     args = _example_args(example_input)
     if dynamic_batch:
@@ -215,7 +299,7 @@ def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPS
         # wherever the trace reads that size (nn.MultiheadAttention's reshapes): the graph would then
         # run at batch 1 only. Two copies of a batch-1 example keep the batch axis symbolic.
         args = tuple(torch.cat([a, a]) if a.dim() and a.shape[0] == 1 else a for a in args)
-    prepared = prepare(model)
+    prepared = prepare(model, args if fuse_residual_adds else None)
     register_schemas()  # the exporter builds the custom nodes from the registered schemas
     dynamic_shapes = tuple({0: torch.export.Dim.DYNAMIC} for _ in args) if dynamic_batch else None
     with warnings.catch_warnings():
@@ -233,7 +317,8 @@ def to_onnx(model: nn.Module, example_input: Inputs, *, opset: int = DEFAULT_OPS
 
 def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Inputs, *,
            opset: int = DEFAULT_OPSET, dynamic_batch: bool = True, input_names: Optional[Sequence[str]] = None,
-           output_names: Optional[Sequence[str]] = None, calibration: Optional[Iterable] = None) -> Path:
+           output_names: Optional[Sequence[str]] = None, calibration: Optional[Iterable] = None,
+           fuse_residual_adds: bool = True) -> Path:
     """Export the binary ``model`` to the ONNX file ``path``; returns its path.
 
     Binary layers become ``binarize``-domain BinaryConv2d / BinaryLinear nodes with bit-packed
@@ -244,13 +329,17 @@ def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Input
     in the model in int8 (QDQ form, :mod:`binarize.converters.int8`), with their ranges measured on
     those batches; without it everything but the binary layers stays float32. Check the accuracy:
     a network without double skips (xnor) can lose most of it (benchmarks/RESULTS.md).
+    With ``fuse_residual_adds`` (the default) the Add of a binary layer's output and a same-shape
+    tensor (a double skip) runs inside the binary op; that and a layer's ``input_threshold`` need
+    version 2 of the ``binarize`` operators, which the file then imports (a model using neither is
+    written with version 1, as before version 2 existed).
     The model is not modified; the file is written atomically.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"export: directory {path.parent} does not exist (path={str(path)!r})")
     proto = to_onnx(model, example_input, opset=opset, dynamic_batch=dynamic_batch, input_names=input_names,
-                    output_names=output_names)
+                    output_names=output_names, fuse_residual_adds=fuse_residual_adds)
     if calibration is not None:
         proto, _ = quantize_float_convs(proto, calibration)
     atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))

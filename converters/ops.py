@@ -3,7 +3,8 @@
 
 A :class:`PackedBinaryConv2d` holds what the runtime needs and nothing else: the signs packed
 into int64 words (once, when it is built), one multiplier and one bias per packed output channel.
-Its custom op ``torch.ops.binarize.binary_conv2d`` has an eager implementation that computes
+Its custom op ``torch.ops.binarize.binary_conv2d`` (``binary_conv2d_v2`` with the version-2 inputs:
+a threshold per input channel, a residual added in the epilogue) has an eager implementation that computes
 exactly what the kernel computes (``multiplier * D + bias`` with the integer dot product D of the
 signs), so a prepared model can also be run in PyTorch, and a fake kernel for ``torch.export``.
 :data:`ONNX_TRANSLATIONS` is the ``custom_translation_table`` for ``torch.onnx.export``.
@@ -18,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.opset import BINARY_CONV2D_V1, BINARY_LINEAR_V1, conv_output_size
+from binarize.opset import BINARY_CONV2D_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V1, BINARY_LINEAR_V2, conv_output_size
 from binarize.packing import pack_weight, packed_words, unpack_bits
 from binarize.quantizers import binary_sign
 
@@ -32,33 +33,73 @@ def _unpack(packed: torch.Tensor, length: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------ custom ops
+def _signs_of_input(x: torch.Tensor, threshold: Optional[torch.Tensor], axis: int) -> torch.Tensor:
+    """sign(x - threshold) with sign(0) = +1, the difference in float32 as in the kernels;
+    ``threshold`` (one value per entry of ``axis``) None means 0, i.e. sign(x) (version 1)."""
+    x = x.float()
+    if threshold is not None:
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        x = x - threshold.float().view(shape)
+    return binary_sign(x)
+
+
+def _conv_reference(x, weight, multiplier, bias, threshold, residual, in_channels, strides, pads, dilations):
+    signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
+    top, left, bottom, right = pads
+    x_signs = F.pad(_signs_of_input(x, threshold, 1), (left, right, top, bottom))  # zero padding after binarizing
+    # The products are ±1 and the sums integers below 2^24: exact in float32, as the kernel's integers.
+    dot = F.conv2d(x_signs, signs, None, strides, 0, dilations)
+    y = dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    return y if residual is None else y + residual
+
+
+def _conv_fake(x, weight, kernel_shape, strides, pads, dilations):
+    height, width = (conv_output_size(x.shape[2 + axis], pads[axis], pads[2 + axis], kernel_shape[axis],
+                                      strides[axis], dilations[axis]) for axis in range(2))
+    return x.new_empty((x.shape[0], weight.shape[0], height, width))
+
+
+def _linear_reference(x, weight, multiplier, bias, threshold, residual, in_features):
+    dot = F.linear(_signs_of_input(x, threshold, -1), _unpack(weight, in_features))
+    y = dot * multiplier + bias
+    return y if residual is None else y + residual
+
+
 @torch.library.custom_op(BINARY_CONV2D_V1.torch_op, mutates_args=())
 def binary_conv2d(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                   in_channels: int, kernel_shape: List[int], strides: List[int], pads: List[int],
                   dilations: List[int]) -> torch.Tensor:
     """BinaryConv2d v1 (kernels/ops/): ``multiplier * D + bias``, D the zero-padded correlation of
     sign(x) with the packed signs ``weight`` [M, KH, KW, ceil(C/64)]; pads are [top, left, bottom, right]."""
-    signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
-    top, left, bottom, right = pads
-    x_signs = F.pad(binary_sign(x.float()), (left, right, top, bottom))  # zero padding after binarizing
-    # The products are ±1 and the sums integers below 2^24: exact in float32, as the kernel's integers.
-    dot = F.conv2d(x_signs, signs, None, strides, 0, dilations)
-    return dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+    return _conv_reference(x, weight, multiplier, bias, None, None, in_channels, strides, pads, dilations)
 
 
 @binary_conv2d.register_fake
 def _binary_conv2d_fake(x, weight, multiplier, bias, in_channels, kernel_shape, strides, pads, dilations):
-    height, width = (conv_output_size(x.shape[2 + axis], pads[axis], pads[2 + axis], kernel_shape[axis],
-                                      strides[axis], dilations[axis]) for axis in range(2))
-    return x.new_empty((x.shape[0], weight.shape[0], height, width))
+    return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
+
+
+@torch.library.custom_op(BINARY_CONV2D_V2.torch_op, mutates_args=())
+def binary_conv2d_v2(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                     threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor], in_channels: int,
+                     kernel_shape: List[int], strides: List[int], pads: List[int],
+                     dilations: List[int]) -> torch.Tensor:
+    """BinaryConv2d v2: v1 on sign(x - threshold[c]), plus ``residual`` (either may be None)."""
+    return _conv_reference(x, weight, multiplier, bias, threshold, residual, in_channels, strides, pads, dilations)
+
+
+@binary_conv2d_v2.register_fake
+def _binary_conv2d_v2_fake(x, weight, multiplier, bias, threshold, residual, in_channels, kernel_shape, strides,
+                           pads, dilations):
+    return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
 
 
 @torch.library.custom_op(BINARY_LINEAR_V1.torch_op, mutates_args=())
 def binary_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                   in_features: int) -> torch.Tensor:
     """BinaryLinear v1 (kernels/ops/): ``multiplier * (sign(x) . signs^T) + bias`` over x's last axis."""
-    dot = F.linear(binary_sign(x.float()), _unpack(weight, in_features))
-    return dot * multiplier + bias
+    return _linear_reference(x, weight, multiplier, bias, None, None, in_features)
 
 
 @binary_linear.register_fake
@@ -66,25 +107,55 @@ def _binary_linear_fake(x, weight, multiplier, bias, in_features):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op(BINARY_LINEAR_V2.torch_op, mutates_args=())
+def binary_linear_v2(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                     threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                     in_features: int) -> torch.Tensor:
+    """BinaryLinear v2: v1 on sign(x - threshold[k]), plus ``residual`` (either may be None)."""
+    return _linear_reference(x, weight, multiplier, bias, threshold, residual, in_features)
+
+
+@binary_linear_v2.register_fake
+def _binary_linear_v2_fake(x, weight, multiplier, bias, threshold, residual, in_features):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
 def _onnx_op(op):  # the onnxscript callable that emits a node of the operator version ``op``
     return getattr(onnxscript.values.Opset(op.domain, op.version), op.name)
 
 
+def _conv_attributes(in_channels, kernel_shape, strides, pads, dilations) -> dict:
+    return dict(in_channels=in_channels, kernel_shape=list(kernel_shape), strides=list(strides), pads=list(pads),
+                dilations=list(dilations), group=1)
+
+
 def _binary_conv2d_onnx(x, weight, multiplier, bias, in_channels: int, kernel_shape: Sequence[int],
                         strides: Sequence[int], pads: Sequence[int], dilations: Sequence[int]):
-    return _onnx_op(BINARY_CONV2D_V1)(x, weight, multiplier, bias, in_channels=in_channels,
-                                      kernel_shape=list(kernel_shape), strides=list(strides), pads=list(pads),
-                                      dilations=list(dilations), group=1)
+    return _onnx_op(BINARY_CONV2D_V1)(x, weight, multiplier, bias,
+                                      **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations))
+
+
+def _binary_conv2d_v2_onnx(x, weight, multiplier, bias, threshold, residual, in_channels: int,
+                           kernel_shape: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                           dilations: Sequence[int]):
+    return _onnx_op(BINARY_CONV2D_V2)(x, weight, multiplier, bias, threshold, residual,
+                                      **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations))
 
 
 def _binary_linear_onnx(x, weight, multiplier, bias, in_features: int):
     return _onnx_op(BINARY_LINEAR_V1)(x, weight, multiplier, bias, in_features=in_features)
 
 
+def _binary_linear_v2_onnx(x, weight, multiplier, bias, threshold, residual, in_features: int):
+    return _onnx_op(BINARY_LINEAR_V2)(x, weight, multiplier, bias, threshold, residual, in_features=in_features)
+
+
 #: ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``.
 ONNX_TRANSLATIONS = {
     torch.ops.binarize.binary_conv2d.default: _binary_conv2d_onnx,
     torch.ops.binarize.binary_linear.default: _binary_linear_onnx,
+    torch.ops.binarize.binary_conv2d_v2.default: _binary_conv2d_v2_onnx,
+    torch.ops.binarize.binary_linear_v2.default: _binary_linear_v2_onnx,
 }
 
 
@@ -99,18 +170,44 @@ def _check_per_channel(name: str, what: str, values: torch.Tensor, channels: int
                          f"one value per packed output channel")
 
 
-class PackedBinaryConv2d(nn.Module):
+def _optional_threshold(name: str, threshold: Optional[torch.Tensor], channels: int) -> Optional[torch.Tensor]:
+    if threshold is None:
+        return None
+    if threshold.shape != (channels,):
+        raise ValueError(f"'{name}': input_threshold has shape {tuple(threshold.shape)}, expected ({channels},), "
+                         f"one value per input channel")
+    return _as_float32(threshold)
+
+
+class _PackedBinaryLayer(nn.Module):
+    """What both packed layers share: the operator version they are exported as.
+
+    ``op_version`` is 1 unless the layer has a ``threshold`` or is called with a ``residual``
+    (BinaryConv2d / BinaryLinear v2); the exporter sets it to 2 on every layer of a model that
+    needs version 2 anywhere, since an ONNX model imports one version of the domain."""
+
+    op_version: int = 1
+
+    def _check_version(self, residual: Optional[torch.Tensor]) -> None:
+        if self.op_version == 1 and (residual is not None or self.threshold is not None):
+            raise ValueError("a threshold or residual needs op_version = 2 (BinaryConv2d / BinaryLinear v2)")
+
+
+class PackedBinaryConv2d(_PackedBinaryLayer):
     """A binary conv for inference: BinaryConv2d with ``orientations * out_channels`` packed outputs,
     then (``orientations > 1``, CBCN) a max over the orientations and the layer's bias.
 
     ``signs`` is [orientations * out_channels, C, KH, KW] in {-1, +1}; ``multiplier`` and ``bias``
     have one value per packed output channel and are applied before the max, ``post_bias`` (one
-    per output channel, optional) after it.
+    per output channel, optional) after it. ``threshold`` (one per input channel, optional) is the
+    binarization point of the input (v2); ``forward(x, residual)`` adds ``residual`` in the op's
+    epilogue (v2, only without orientations and post_bias, where the op's output is the layer's).
     """
 
     def __init__(self, name: str, signs: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                  stride: Tuple[int, int], pads: Tuple[int, int, int, int], dilation: Tuple[int, int],
-                 orientations: int = 1, post_bias: Optional[torch.Tensor] = None):
+                 orientations: int = 1, post_bias: Optional[torch.Tensor] = None,
+                 threshold: Optional[torch.Tensor] = None):
         super().__init__()
         packed_channels, in_channels, kernel_h, kernel_w = signs.shape
         if packed_channels % orientations:
@@ -130,10 +227,22 @@ class PackedBinaryConv2d(nn.Module):
             _check_per_channel(name, "bias", post_bias, self.out_channels)
             post_bias = _as_float32(post_bias).view(1, -1, 1, 1)
         self.register_buffer("post_bias", post_bias)
+        self.register_buffer("threshold", _optional_threshold(name, threshold, in_channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = binary_conv2d(x, self.weight, self.multiplier, self.bias, self.in_channels, self.kernel_shape,
-                          self.strides, self.pads, self.dilations)
+    @property
+    def takes_residual(self) -> bool:
+        """Whether the op's output is the layer's output, so a residual can be added in the op."""
+        return self.orientations == 1 and self.post_bias is None
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_version(residual)
+        if residual is not None and not self.takes_residual:
+            raise ValueError("a residual is added by the op only without orientations and post_bias")
+        geometry = (self.in_channels, self.kernel_shape, self.strides, self.pads, self.dilations)
+        if self.op_version == 1:
+            y = binary_conv2d(x, self.weight, self.multiplier, self.bias, *geometry)
+        else:
+            y = binary_conv2d_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, *geometry)
         if self.orientations > 1:
             y = y.unflatten(1, (self.orientations, self.out_channels)).amax(1)
         if self.post_bias is not None:
@@ -143,13 +252,18 @@ class PackedBinaryConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_shape={self.kernel_shape}, "
                 f"strides={self.strides}, pads={self.pads}, dilations={self.dilations}, "
-                f"orientations={self.orientations}, packed_words={packed_words(self.in_channels)}")
+                f"orientations={self.orientations}, packed_words={packed_words(self.in_channels)}, "
+                f"op_version={self.op_version}")
 
 
-class PackedBinaryLinear(nn.Module):
-    """A binary Linear for inference: BinaryLinear with packed signs [M, K], multiplier and bias [M]."""
+class PackedBinaryLinear(_PackedBinaryLayer):
+    """A binary Linear for inference: BinaryLinear with packed signs [M, K], multiplier and bias [M],
+    optionally a ``threshold`` [K] and a ``residual`` added in the op (v2)."""
 
-    def __init__(self, name: str, signs: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor):
+    takes_residual = True
+
+    def __init__(self, name: str, signs: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                 threshold: Optional[torch.Tensor] = None):
         super().__init__()
         out_features, self.in_features = signs.shape
         _check_per_channel(name, "multiplier", multiplier, out_features)
@@ -158,9 +272,13 @@ class PackedBinaryLinear(nn.Module):
         self.register_buffer("weight", torch.from_numpy(pack_weight(signs)))
         self.register_buffer("multiplier", _as_float32(multiplier))
         self.register_buffer("bias", _as_float32(bias))
+        self.register_buffer("threshold", _optional_threshold(name, threshold, self.in_features))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return binary_linear(x, self.weight, self.multiplier, self.bias, self.in_features)
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self._check_version(residual)
+        if self.op_version == 1:
+            return binary_linear(x, self.weight, self.multiplier, self.bias, self.in_features)
+        return binary_linear_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, self.in_features)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}"
+        return f"{self.in_features}, {self.out_features}, op_version={self.op_version}"

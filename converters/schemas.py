@@ -96,7 +96,10 @@ _SHAPE_INFERENCE = {"BinaryConv2d": _infer_binary_conv2d, "BinaryLinear": _infer
 
 
 def _parameters(parameters) -> list:
-    return [defs.OpSchema.FormalParameter(p.name, _TYPE_STRINGS[p.dtype], f"{p.shape} {p.doc}") for p in parameters]
+    option = defs.OpSchema.FormalParameterOption
+    return [defs.OpSchema.FormalParameter(p.name, _TYPE_STRINGS[p.dtype], f"{p.shape} {p.doc}",
+                                          param_option=option.Optional if p.optional else option.Single)
+            for p in parameters]
 
 
 def schema(op: OpDefinition) -> defs.OpSchema:
@@ -113,5 +116,7 @@ def schema(op: OpDefinition) -> defs.OpSchema:
 def register_schemas() -> None:
     """Register every operator version with ONNX (once per process; later calls do nothing)."""
     for op in OPS:
-        if not defs.has(op.name, op.version, op.domain):
+        # (defs.has is true once any version <= op.version is registered: compare since_version.)
+        if not defs.has(op.name, op.version, op.domain) or \
+                defs.get_schema(op.name, op.version, op.domain).since_version != op.version:
             defs.register_schema(schema(op))

@@ -100,10 +100,13 @@ void check_reduction_size(const ConvConfig& c) {
 
 }  // namespace
 
+// One kernel serves every version of an op (ONNX Runtime resolves a custom op's versions to one
+// schema, so a kernel cannot tell them apart); the versions share their attributes, validated
+// against the newest definition.
 ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryConv2d";
-    refuse_foreign(api, info, op, kBinaryLinearV1Attributes);
-    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV1Attributes, name)); };
+    refuse_foreign(api, info, op, kBinaryLinearV2Attributes);
+    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV2Attributes, name)); };
     ConvConfig c{op, false, read("in_channels")[0]};
     const auto kernel = read("kernel_shape");
     const auto strides = read("strides");
@@ -120,8 +123,8 @@ ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
 
 ConvConfig read_linear_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryLinear";
-    refuse_foreign(api, info, op, kBinaryConv2dV1Attributes);
-    return ConvConfig{op, true, read_attribute(api, info, op, definition_of(kBinaryLinearV1Attributes, "in_features"))[0]};
+    refuse_foreign(api, info, op, kBinaryConv2dV2Attributes);
+    return ConvConfig{op, true, read_attribute(api, info, op, definition_of(kBinaryLinearV2Attributes, "in_features"))[0]};
 }
 
 }  // namespace binarize

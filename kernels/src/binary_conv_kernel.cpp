@@ -65,6 +65,22 @@ TensorView input_view(Ort::KernelContext& ctx, size_t index) {
     return {value.GetTensorRawData(), value.GetTensorTypeAndShapeInfo().GetShape()};
 }
 
+// Version 2's optional float inputs: nullptr when the node leaves `index` out (or has fewer
+// inputs), else the data after checking element type and exact shape.
+const float* optional_float_input(Ort::KernelContext& ctx, size_t index, const char* op, const char* name,
+                                  const std::vector<int64_t>& expected, const char* meaning) {
+    if (index >= ctx.GetInputCount()) return nullptr;
+    Ort::ConstValue value = ctx.GetInput(index);
+    if (static_cast<const OrtValue*>(value) == nullptr) return nullptr;
+    if (!value.IsTensor()) fail(op, name, " must be a float32 tensor");
+    const auto info = value.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+        fail(op, name, " must be float32, got ONNX element type ", static_cast<int>(info.GetElementType()));
+    const std::vector<int64_t> shape = info.GetShape();
+    if (shape != expected) fail(op, name, " has shape ", shape_string(shape), ", expected ", shape_string(expected), " (", meaning, ")");
+    return static_cast<const float*>(value.GetTensorRawData());
+}
+
 // Work split for ORT's thread pool: one task packs a run of kPackTaskPixels input pixels of one
 // image, one task computes a run of pixel blocks of one image for one output channel block.
 constexpr int64_t kPackTaskPixels = 512;  // a multiple of the kernels' 16-pixel packing group
@@ -129,7 +145,12 @@ BinaryConvKernel::BinaryConvKernel(const OrtApi& api, const OrtKernelInfo* info,
 
 void BinaryConvKernel::Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    if (ctx.GetInputCount() != 4) fail(config_.op, "expected 4 inputs (X, W, multiplier, bias), got ", ctx.GetInputCount());
+    // Version 1 nodes have 4 inputs, version 2 nodes up to 6 (threshold, residual); a kernel
+    // cannot see the node's version (binarize.runtime.session refuses a version-1 node with more).
+    const size_t inputs = ctx.GetInputCount();
+    if (inputs < 4 || inputs > 6)
+        fail(config_.op, "expected 4 inputs (X, W, multiplier, bias) or, in version 2, up to 6 (+ threshold, residual), got ",
+             inputs);
     const TensorView x = input_view(ctx, 0);
 
     // Weights that were not a constant initializer are reordered on every call.
@@ -176,13 +197,18 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
         channel_stride = height * width;
         pixel_stride = 1;
     }
+    const float* threshold = optional_float_input(ctx, 4, config_.op, "threshold", {config_.channels},
+                                                  config_.linear ? "one per input feature, attribute in_features"
+                                                                 : "one per input channel, attribute in_channels");
     if (width == 0 && config_.linear) {  // zero rows: nothing to compute
+        optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y");
         ctx.GetOutput(0, out_shape);
         return;
     }
     // Checked on every path, before any table or buffer is built.
     const ConvShape shape = conv_shape(config_, height, width);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
+    const float* residual = optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y");
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const int64_t pixels = shape.out_h * shape.out_w;
     if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables
@@ -199,7 +225,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                             weights->original, m, config_.kernel_h, config_.kernel_w, config_.stride_h,
                             config_.stride_w, config_.pad_top, config_.pad_left, config_.dilation_h,
                             config_.dilation_w, shape.out_h, shape.out_w, mult, b, y,
-                            out_image_stride, out_channel_stride, out_pixel_stride};
+                            out_image_stride, out_channel_stride, out_pixel_stride, threshold, residual};
         reference_binary_conv(r);
         return;
     }
@@ -211,7 +237,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t pack_tasks = (height * width + kPackTaskPixels - 1) / kPackTaskPixels;
     ParallelPack pack{kernels_,
                       PackArgs{x_data, config_.channels, channel_stride, pixel_stride, height, width, packed.data(),
-                               shape.padded_w, cw, config_.pad_top, config_.pad_left},
+                               shape.padded_w, cw, config_.pad_top, config_.pad_left, threshold},
                       pack_tasks, image_stride, packed_image_words};
     ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>(images * pack_tasks), 0, &pack);
 
@@ -234,7 +260,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                                config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
                                geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
                                weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
-                               out_image_stride, out_channel_stride, out_pixel_stride},
+                               out_image_stride, out_channel_stride, out_pixel_stride, residual},
                       channel_blocks, pixel_blocks, block_groups, blocks_per_group};
     ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * block_groups * channel_blocks), 0, &conv);
 }

@@ -43,15 +43,24 @@ namespace {
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Stores an epilogue tile one float at a time: rows[p] holds pixel p's results for kLanes
-// channels; channel j of pixel p goes to out[j * channel_stride + p * pixel_stride].
+// channels; channel j of pixel p goes to out[j * channel_stride + p * pixel_stride], plus the
+// residual at the same offset when there is one (BinaryConv2d v2's fused Add).
 template <int kLanes, int NP, typename Floats>
-inline void store_tile_one_by_one(float* out, int64_t channel_stride, int64_t pixel_stride, const Floats (&rows)[NP],
-                                  int pixels, int channels) {
+inline void store_tile_one_by_one(float* out, const float* residual, int64_t channel_stride, int64_t pixel_stride,
+                                  const Floats (&rows)[NP], int pixels, int channels) {
     float tile[NP][kLanes];
     static_assert(sizeof(tile) == sizeof(rows), "Floats holds kLanes floats");
     std::memcpy(tile, rows, sizeof(tile));
+    if (residual == nullptr) {
+        for (int j = 0; j < channels; ++j)
+            for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = tile[p][j];
+        return;
+    }
     for (int j = 0; j < channels; ++j)
-        for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = tile[p][j];
+        for (int p = 0; p < pixels; ++p) {
+            const int64_t i = j * channel_stride + p * pixel_stride;
+            out[i] = tile[p][j] + residual[i];
+        }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,7 +200,8 @@ struct Isa : Avx512Words, Avx512Counting {
     // 8-13, and masked stores write each run. Scalar stores (one per output, each to another
     // channel plane) cost more than the whole xor/popcount loop of a 64-channel layer.
     template <int NP>
-    static void store_columns(float* out, int64_t channel_stride, const Floats (&rows)[NP], int pixels, int channels) {
+    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
         static_assert(NP <= 6, "three pixel pairs");
         auto pair = [&](int p) {  // pixels p, p+1 (rows past NP repeat the last; never stored)
             return _mm512_insertf32x8(_mm512_castps256_ps512(rows[p < NP ? p : NP - 1]), rows[p + 1 < NP ? p + 1 : NP - 1], 1);
@@ -207,7 +217,14 @@ struct Isa : Avx512Words, Avx512Counting {
             if (j >= channels) break;
             const __m512i channel = _mm512_set1_epi32(j);
             const __m512 p0123 = _mm512_permutex2var_ps(p01, _mm512_add_epi32(first, channel), p23);
-            const __m512 both = _mm512_permutex2var_ps(p0123, _mm512_mask_add_epi32(second, 0x3030, second, channel), p45);
+            __m512 both = _mm512_permutex2var_ps(p0123, _mm512_mask_add_epi32(second, 0x3030, second, channel), p45);
+            if (residual != nullptr) {  // the same lanes of channels j and j + 1 of the residual
+                const __mmask8 lanes = static_cast<__mmask8>(pixel_lanes);
+                const __m256 r0 = _mm256_maskz_loadu_ps(lanes, residual + j * channel_stride);
+                const __m256 r1 = j + 1 < channels ? _mm256_maskz_loadu_ps(lanes, residual + (j + 1) * channel_stride)
+                                                   : _mm256_setzero_ps();
+                both = _mm512_add_ps(both, _mm512_insertf32x8(_mm512_castps256_ps512(r0), r1, 1));
+            }
             _mm512_mask_storeu_ps(out + j * channel_stride, pixel_lanes, both);
             if (j + 1 < channels)
                 _mm256_mask_storeu_ps(out + (j + 1) * channel_stride, static_cast<__mmask8>(pixel_lanes), _mm512_extractf32x8_ps(both, 1));
@@ -218,9 +235,11 @@ struct Isa : Avx512Words, Avx512Counting {
     // zmm; a channel sets its bit where !(x >= 0). Masked-off lanes load 0.0, i.e. no bit.
     struct PackWords { __m512i lo, hi; };
     static PackWords pack_zero() { return {_mm512_setzero_si512(), _mm512_setzero_si512()}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit) {
+    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
         const __mmask16 valid = static_cast<__mmask16>(pixels >= 16 ? 0xffff : (1u << pixels) - 1);
-        const __mmask16 negative = _mm512_cmp_ps_mask(_mm512_maskz_loadu_ps(valid, x16), _mm512_setzero_ps(), _CMP_NGE_UQ);
+        const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, x16), _mm512_set1_ps(threshold));
+        // (Lanes past `pixels` may set bits; pack_pixels stores only the first `pixels` words.)
+        const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NGE_UQ);
         const __m512i bits = _mm512_set1_epi64(static_cast<long long>(bit));
         words.lo = _mm512_mask_or_epi64(words.lo, static_cast<__mmask8>(negative), words.lo, bits);
         words.hi = _mm512_mask_or_epi64(words.hi, static_cast<__mmask8>(negative >> 8), words.hi, bits);
@@ -271,19 +290,21 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
     }
     template <int NP>
-    static void store_columns(float* out, int64_t channel_stride, const Floats (&rows)[NP], int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, channel_stride, 1, rows, pixels, channels);
+    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
     }
 
     // Packing: 16 pixels' words in four ymm; the 32-bit compare masks are widened to 64 bits.
     struct PackWords { __m256i w[4]; };
     static PackWords pack_zero() { return {{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()}}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit) {
+    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
         const __m256i bits = _mm256_set1_epi64x(static_cast<long long>(bit));
         for (int half = 0; half < 2; ++half) {
-            // Lanes past `pixels` are not loaded (vmaskmovps does not fault there) and read 0.0.
+            // Lanes past `pixels` are not loaded (vmaskmovps does not fault there); whatever bits
+            // they get, pack_pixels stores only the first `pixels` words.
             const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(pixels - 8 * half), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            const __m256 x = _mm256_maskload_ps(x16 + 8 * half, valid);
+            const __m256 x = _mm256_sub_ps(_mm256_maskload_ps(x16 + 8 * half, valid), _mm256_set1_ps(threshold));
             const __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NGE_UQ));
             words.w[2 * half] = _mm256_or_si256(words.w[2 * half], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(negative))));
             words.w[2 * half + 1] = _mm256_or_si256(words.w[2 * half + 1], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(negative, 1))));
@@ -317,14 +338,15 @@ struct Isa {
         return *multiplier * static_cast<float>(*base - 2 * static_cast<int32_t>(total)) + *bias;
     }
     template <int NP>
-    static void store_columns(float* out, int64_t channel_stride, const Floats (&rows)[NP], int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, channel_stride, 1, rows, pixels, channels);
+    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
     }
 
     struct PackWords { uint64_t w[16]; };
     static PackWords pack_zero() { return {}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit) {
-        for (int p = 0; p < pixels; ++p) words.w[p] |= !(x16[p] >= 0.0f) ? bit : 0;
+    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
+        for (int p = 0; p < pixels; ++p) words.w[p] |= !(x16[p] - threshold >= 0.0f) ? bit : 0;
         return words;
     }
     static void pack_store(uint64_t* out16, PackWords words) {
@@ -337,8 +359,8 @@ constexpr int kBlockChannels = Isa::kLanes * Isa::kVectors;  // MB
 constexpr int kBlockPixels = Isa::kPixels;                   // P
 
 // ---------------------------------------------------------------------------------------------
-// Activation packing: bit = !(x >= 0), so sign(0) = +1 and NaN binarizes to -1 as in the
-// reference. One pass over the float input writes the padded NHWC word layout described above
+// Activation packing: bit = !(x - threshold[c] >= 0) (threshold 0 without one: x - 0 is x for
+// every float, -0 and NaN included), so sign(0) = +1 and NaN binarizes to -1 as in the reference. One pass over the float input writes the padded NHWC word layout described above
 // popcount_block. The input is walked as one flat sequence of pixels (row-major, so a group
 // may span rows and narrow 7- or 14-pixel rows still fill whole vectors); for a convolution
 // the 16 pixels of a group are contiguous floats of each channel plane, so each channel costs
@@ -352,7 +374,9 @@ void pack_group_any_stride(const PackArgs& a, const float* src, int pixels, int6
     for (int p = 0; p < pixels; ++p) {
         uint64_t word = 0;
         const float* x = src + p * a.pixel_stride + cw * 64 * a.channel_stride;
-        for (int64_t c = 0; c < channels; ++c) word |= !(x[c * a.channel_stride] >= 0.0f) ? uint64_t{1} << c : 0;
+        const float* t = a.threshold == nullptr ? nullptr : a.threshold + cw * 64;
+        for (int64_t c = 0; c < channels; ++c)
+            word |= !(x[c * a.channel_stride] - (t == nullptr ? 0.0f : t[c]) >= 0.0f) ? uint64_t{1} << c : 0;
         words[p] = word;
     }
 }
@@ -376,7 +400,9 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
                     // The 64 channel planes are 64 interleaved streams, too many for the hardware
                     // prefetchers to follow: ask for this plane's line four groups ahead.
                     __builtin_prefetch(src + (cw * 64 + c) * a.channel_stride + 4 * kPackGroup);
-                    packed = Isa::pack_channel(packed, src + (cw * 64 + c) * a.channel_stride, pixels, uint64_t{1} << c);
+                    const float threshold = a.threshold == nullptr ? 0.0f : a.threshold[cw * 64 + c];
+                    packed = Isa::pack_channel(packed, src + (cw * 64 + c) * a.channel_stride, pixels, uint64_t{1} << c,
+                                               threshold);
                 }
                 Isa::pack_store(words, packed);
             } else {
@@ -475,7 +501,7 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 // One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1.
 template <int NP>
 void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
-                float* out_image) {
+                float* out_image, const float* residual_image) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
     // pixel so the loop never changes shape.
     int64_t offsets[NP];
@@ -491,7 +517,8 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
     // Epilogue: exact integer D (|D| <= KH*KW*C < 2^31, checked when the kernel is created),
     // then the fused per-channel transform in float, vectorized over the channels of each
     // vector (multiplier and bias are padded to a multiple of MB) ...
-    float* out = out_image + q0 * a.output_pixel_stride + m0 * a.output_channel_stride;
+    const int64_t tile_offset = q0 * a.output_pixel_stride + m0 * a.output_channel_stride;
+    float* out = out_image + tile_offset;
 #pragma GCC unroll 8
     for (int v = 0; v < Isa::kVectors; ++v) {
         const int channels = static_cast<int>(min_i64(Isa::kLanes, a.out_channels - m0 - v * Isa::kLanes));
@@ -503,11 +530,15 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
                                   a.bias + m0 + v * Isa::kLanes);
         // ... then stored: for NCHW (pixel stride 1) each channel's pixels are one contiguous run;
         // BinaryLinear's [rows][M] output (channel stride 1) is stored one float at a time.
-        float* out_v = out + v * Isa::kLanes * a.output_channel_stride;
+        // The residual (v2), laid out like the output, is added as the tile is stored.
+        const int64_t vector_offset = v * Isa::kLanes * a.output_channel_stride;
+        float* out_v = out + vector_offset;
+        const float* residual_v = residual_image == nullptr ? nullptr : residual_image + tile_offset + vector_offset;
         if (a.output_pixel_stride == 1)
-            Isa::store_columns(out_v, a.output_channel_stride, rows, pixels, channels);
+            Isa::store_columns(out_v, residual_v, a.output_channel_stride, rows, pixels, channels);
         else
-            store_tile_one_by_one<Isa::kLanes>(out_v, a.output_channel_stride, a.output_pixel_stride, rows, pixels, channels);
+            store_tile_one_by_one<Isa::kLanes>(out_v, residual_v, a.output_channel_stride, a.output_pixel_stride, rows,
+                                               pixels, channels);
     }
 }
 
@@ -516,14 +547,15 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
     const uint64_t* weights = a.packed_weights + channel_block * a.reduction_words * kBlockChannels;
     const int64_t m0 = channel_block * kBlockChannels;
     float* out_image = a.output + image * a.output_image_stride;
+    const float* residual_image = a.residual == nullptr ? nullptr : a.residual + image * a.output_image_stride;
     for (int64_t b = block_begin; b < block_end; ++b) {
         const bool full = b < a.full_blocks;
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);
         const int pixels = static_cast<int>(min_i64(full ? kBlockPixels : kBlockPixels - 1, a.output_pixels - q0));
         if (full)
-            conv_block<kBlockPixels>(a, packed_image, weights, m0, q0, pixels, out_image);
+            conv_block<kBlockPixels>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
         else
-            conv_block<kBlockPixels - 1>(a, packed_image, weights, m0, q0, pixels, out_image);
+            conv_block<kBlockPixels - 1>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
     }
 }
 

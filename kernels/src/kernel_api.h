@@ -22,6 +22,7 @@ struct PackArgs {
     int64_t padded_width;    // Wp
     int64_t channel_words;   // CW = ceil(C / 64)
     int64_t pad_top, pad_left;
+    const float* threshold;  // [C]: channel c's bit is sign(x - threshold[c]) (BinaryConv2d v2); nullptr = 0
 };
 
 // One binary convolution over packed activations. Output channels are processed in blocks of
@@ -47,6 +48,7 @@ struct ConvArgs {
     const float* bias;              // [M_padded] (zero beyond M)
     float* output;
     int64_t output_image_stride, output_channel_stride, output_pixel_stride;  // in floats
+    const float* residual;          // added to the output, laid out like it (v2); nullptr = none
 };
 
 struct IsaKernels {

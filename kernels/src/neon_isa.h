@@ -40,11 +40,12 @@ struct Isa {
         return vld1_f32(multiplier) * vcvt_f32_s32(d) + vld1_f32(bias);
     }
     template <int NP>
-    static void store_columns(float* out, int64_t channel_stride, const Floats (&rows)[NP], int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, channel_stride, 1, rows, pixels, channels);
+    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
     }
 
-    // Packing: 16 pixels' words in eight q-registers. A channel sets its bit where !(x >= 0)
+    // Packing: 16 pixels' words in eight q-registers. A channel sets its bit where !(x - threshold >= 0)
     // (FCMGE is false for NaN): the 32-bit compare masks are sign-extended to 64 bits and the
     // bit is kept where the mask is clear (BIC). NEON has no masked load, so a partial group
     // (the image's last pixels) is copied into a zero-filled buffer first: 0.0 sets no bit.
@@ -54,7 +55,7 @@ struct Isa {
         for (int i = 0; i < 8; ++i) words.w[i] = vdupq_n_u64(0);
         return words;
     }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit) {
+    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
         float partial[16];
         if (pixels < 16) {
             for (int p = 0; p < 16; ++p) partial[p] = p < pixels ? x16[p] : 0.0f;
@@ -62,7 +63,7 @@ struct Isa {
         }
         const uint64x2_t bits = vdupq_n_u64(bit);
         for (int quad = 0; quad < 4; ++quad) {
-            const int32x4_t non_negative = vreinterpretq_s32_u32(vcgeq_f32(vld1q_f32(x16 + 4 * quad), vdupq_n_f32(0.0f)));
+            const int32x4_t non_negative = vreinterpretq_s32_u32(vcgeq_f32(vsubq_f32(vld1q_f32(x16 + 4 * quad), vdupq_n_f32(threshold)), vdupq_n_f32(0.0f)));
             const uint64x2_t low = vreinterpretq_u64_s64(vmovl_s32(vget_low_s32(non_negative)));
             const uint64x2_t high = vreinterpretq_u64_s64(vmovl_high_s32(non_negative));
             words.w[2 * quad] = vorrq_u64(words.w[2 * quad], vbicq_u64(bits, low));

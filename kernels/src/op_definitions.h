@@ -8,7 +8,7 @@
 namespace binarize {
 
 constexpr const char* kDomain = "binarize";
-constexpr int kOpsetVersion = 1;
+constexpr int kOpsetVersion = 2;
 constexpr int64_t kMaxSpatial = 65535;
 constexpr int64_t kMaxReduction = 2147483647LL;
 constexpr int64_t kMaxPaddedImageWords = 268435456LL;
@@ -27,6 +27,8 @@ struct AttributeDefinition {
 
 // BinaryConv2d version 1
 constexpr int kBinaryConv2dV1Version = 1;
+constexpr int kBinaryConv2dV1Inputs = 4;
+constexpr int kBinaryConv2dV1RequiredInputs = 4;  // the others are optional
 constexpr AttributeDefinition kBinaryConv2dV1Attributes[] = {
     {"kernel_shape", AttributeType::ints, true, 2, 1, 65535LL, {}, "positive"},
     {"in_channels", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's dimension 1"},
@@ -38,7 +40,30 @@ constexpr AttributeDefinition kBinaryConv2dV1Attributes[] = {
 
 // BinaryLinear version 1
 constexpr int kBinaryLinearV1Version = 1;
+constexpr int kBinaryLinearV1Inputs = 4;
+constexpr int kBinaryLinearV1RequiredInputs = 4;  // the others are optional
 constexpr AttributeDefinition kBinaryLinearV1Attributes[] = {
+    {"in_features", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's last dimension"},
+};
+
+// BinaryConv2d version 2
+constexpr int kBinaryConv2dV2Version = 2;
+constexpr int kBinaryConv2dV2Inputs = 6;
+constexpr int kBinaryConv2dV2RequiredInputs = 4;  // the others are optional
+constexpr AttributeDefinition kBinaryConv2dV2Attributes[] = {
+    {"kernel_shape", AttributeType::ints, true, 2, 1, 65535LL, {}, "positive"},
+    {"in_channels", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's dimension 1"},
+    {"strides", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"pads", AttributeType::ints, false, 4, 0, 65535LL, {0, 0, 0, 0}, "non-negative"},
+    {"dilations", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"group", AttributeType::int_, false, 1, 1, 1LL, {1}, "must be 1"},
+};
+
+// BinaryLinear version 2
+constexpr int kBinaryLinearV2Version = 2;
+constexpr int kBinaryLinearV2Inputs = 6;
+constexpr int kBinaryLinearV2RequiredInputs = 4;  // the others are optional
+constexpr AttributeDefinition kBinaryLinearV2Attributes[] = {
     {"in_features", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's last dimension"},
 };
 

@@ -64,11 +64,18 @@ struct BinaryConvKernelEntry : BinaryConvKernel {
     }
 };
 
+// One op object per operator, for every version of op_definitions.h: ONNX Runtime builds one
+// schema per custom-op name (the first object's) and resolves every node to it, so objects per
+// version could not be told apart. Version 2 only adds optional inputs, so one kernel runs both.
 template <bool kLinear>
 struct BinaryOp : Ort::CustomOpBase<BinaryOp<kLinear>, BinaryConvKernelEntry, /*WithStatus=*/true> {
     static constexpr const char* kName = kLinear ? "BinaryLinear" : "BinaryConv2d";
+    static_assert(kOpsetVersion == 2, "the versions this library implements");
+    static constexpr int kInputs = kLinear ? kBinaryLinearV2Inputs : kBinaryConv2dV2Inputs;
+    static constexpr int kRequiredInputs = kLinear ? kBinaryLinearV2RequiredInputs : kBinaryConv2dV2RequiredInputs;
+    static_assert(kRequiredInputs == (kLinear ? kBinaryLinearV1Inputs : kBinaryConv2dV1Inputs),
+                  "version 2 adds only optional inputs to version 1's");
 
-    // Only the versions this library implements (op_definitions.h).
     explicit BinaryOp(IsaChoice isa) : isa_(std::move(isa)) {
         this->start_ver_ = kLinear ? kBinaryLinearV1Version : kBinaryConv2dV1Version;
         this->end_ver_ = kOpsetVersion;
@@ -85,9 +92,12 @@ struct BinaryOp : Ort::CustomOpBase<BinaryOp<kLinear>, BinaryConvKernelEntry, /*
         }
     }
     const char* GetName() const { return kName; }
-    size_t GetInputTypeCount() const { return 4; }
+    size_t GetInputTypeCount() const { return kInputs; }
     ONNXTensorElementDataType GetInputType(size_t index) const {
         return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
+    OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+        return static_cast<int>(index) < kRequiredInputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
     }
     size_t GetOutputTypeCount() const { return 1; }
     ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }

@@ -19,15 +19,17 @@ void reference_binary_conv(const ReferenceConvArgs& a) {
                             for (int64_t c = 0; c < a.channels; ++c) {
                                 const float x = a.input[n * a.image_stride + c * a.channel_stride +
                                                         (ih * a.width + iw) * a.pixel_stride];
-                                const int64_t x_sign = x >= 0.0f ? 1 : -1;  // sign(0) = +1
+                                const float t = a.threshold == nullptr ? 0.0f : a.threshold[c];
+                                const int64_t x_sign = x - t >= 0.0f ? 1 : -1;  // sign(0) = +1, NaN -> -1
                                 const int64_t w_sign = ((w[c / 64] >> (c % 64)) & 1) ? -1 : 1;
                                 d += x_sign * w_sign;
                             }
                         }
                     }
-                    a.output[n * a.output_image_stride + m * a.output_channel_stride +
-                             (oh * a.out_w + ow) * a.output_pixel_stride] =
-                        a.multiplier[m] * static_cast<float>(d) + a.bias[m];
+                    const int64_t out = n * a.output_image_stride + m * a.output_channel_stride +
+                                        (oh * a.out_w + ow) * a.output_pixel_stride;
+                    const float y = a.multiplier[m] * static_cast<float>(d) + a.bias[m];
+                    a.output[out] = a.residual == nullptr ? y : y + a.residual[out];
                 }
             }
         }

@@ -19,6 +19,8 @@ struct ReferenceConvArgs {
     const float* bias;
     float* output;  // output[n*output_image_stride + m*output_channel_stride + (oh*out_w + ow)*output_pixel_stride]
     int64_t output_image_stride, output_channel_stride, output_pixel_stride;
+    const float* threshold;  // [C] or nullptr (version 2): the sign of x - threshold[c]
+    const float* residual;   // laid out like output, or nullptr (version 2): added to the result
 };
 
 void reference_binary_conv(const ReferenceConvArgs& args);

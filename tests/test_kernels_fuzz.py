@@ -1,7 +1,8 @@
 """Property-based and hostile-input tests of the C++ kernels.
 
 - Random valid shapes (hypothesis) on every kernel path against an independent reference: PyTorch's
-  float convolution of the signs.
+  float convolution of the signs (version 2: of sign(x - threshold), ties x = threshold included,
+  plus the residual).
 - Hostile attributes (huge or wrapped-around pads, strides, dilations, kernel sizes, wrong types)
   on every path, in a subprocess: each must be a Python exception, never a signal and never an
   output. Both tests are bounded to a few seconds each.
@@ -35,16 +36,29 @@ ISAS = available_isas()
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
-def model_bytes(op: str, x_shape, initializers: dict, attributes: list) -> bytes:
-    node = helper.make_node(op, ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize")
+def model_bytes(op: str, x_shape, initializers: dict, attributes: list, *, inputs=("X", "W", "multiplier", "bias"),
+                version: int = 1, graph_inputs: dict = None) -> bytes:
+    """One binarize node; ``inputs`` its input names ("" = left out), ``graph_inputs`` float inputs
+    other than X (name -> shape), everything else an initializer."""
+    node = helper.make_node(op, list(inputs), ["Y"], domain="binarize")
     node.attribute.extend(attributes)
+    feeds = {"X": x_shape, **(graph_inputs or {})}
     graph = helper.make_graph(
-        [node], op, [helper.make_tensor_value_info("X", TensorProto.FLOAT, list(x_shape))],
+        [node], op, [helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)) for name, shape in feeds.items()],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
         initializer=[numpy_helper.from_array(value, name) for name, value in initializers.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("binarize", version)])
     model.ir_version = 10
     return model.SerializeToString()
+
+
+def v2_inputs(with_threshold: bool, with_residual: bool) -> tuple:
+    """BinaryConv2d / BinaryLinear v2 input names, an optional input left out as ""."""
+    names = ["X", "W", "multiplier", "bias", "threshold" if with_threshold else "", "R" if with_residual else ""]
+    while names[-1] == "":
+        names.pop()
+    return tuple(names)
 
 
 def float_sign(x: np.ndarray) -> torch.Tensor:
@@ -104,6 +118,88 @@ def test_random_linear_matches_float_matmul_of_signs_on_every_path(rows, feature
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
 
 
+# ---- version 2: threshold and residual --------------------------------------------------------
+
+def thresholds_with_ties(x: np.ndarray, axis: int, rng: np.random.Generator) -> np.ndarray:
+    """One threshold per entry of ``axis`` of x; about a third of them equal to a value of x in
+    their channel, so that x - threshold = 0 (sign +1) is hit, the rest uniform in [-1, 1]."""
+    channels = x.shape[axis]
+    threshold = rng.uniform(-1, 1, channels).astype(np.float32)
+    moved = np.moveaxis(x, axis, 0).reshape(channels, -1)
+    if moved.shape[1]:
+        ties = rng.random(channels) < 0.35
+        threshold[ties] = moved[ties, rng.integers(0, moved.shape[1], channels)[ties]]
+    return threshold
+
+
+def float_sign_minus(x: np.ndarray, threshold: np.ndarray, axis: int) -> torch.Tensor:
+    """sign(x - threshold) in double, the difference taken in float32 as the operator says."""
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return float_sign((x - threshold.reshape(shape)).astype(np.float32))
+
+
+@FUZZ
+@given(conv_cases(), st.booleans(), st.booleans())
+def test_random_conv_v2_matches_float_conv_of_thresholded_signs_plus_residual(case, with_threshold, with_residual):
+    n, c, m, kernel, stride, pads, dilation, (h, w), seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    threshold = thresholds_with_ties(x, 1, rng) if with_threshold else np.zeros(c, np.float32)
+    w_signs = np.where(rng.random((m, c, *kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
+    multiplier = rng.uniform(0.5, 2.0, m).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    top, left, bottom, right = pads
+    d = F.conv2d(F.pad(float_sign_minus(x, threshold, 1), (left, right, top, bottom)),
+                 torch.from_numpy(w_signs).double(), stride=stride, dilation=dilation).numpy()
+    expected = d * multiplier[:, None, None] + bias[:, None, None]
+    residual = rng.standard_normal(expected.shape).astype(np.float32)
+    if with_residual:
+        expected = expected + residual
+    initializers = {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias}
+    if with_threshold:
+        initializers["threshold"] = threshold
+    model = model_bytes("BinaryConv2d", x.shape, initializers,
+                        [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
+                         helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
+                         helper.make_attribute("dilations", list(dilation))],
+                        inputs=v2_inputs(with_threshold, with_residual), version=2,
+                        graph_inputs={"R": residual.shape} if with_residual else None)
+    feed = {"X": x, **({"R": residual} if with_residual else {})}
+    for isa in ISAS:
+        y = runtime.session(model, threads=2, isa=isa).run(None, feed)[0]
+        assert y.shape == expected.shape, isa
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=3), st.integers(1, 300), st.integers(1, 40),
+       st.integers(0, 2**32 - 1), st.booleans(), st.booleans())
+def test_random_linear_v2_matches_float_matmul_of_thresholded_signs_plus_residual(rows, features, out_features, seed,
+                                                                                   with_threshold, with_residual):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((*rows, features)).astype(np.float32)
+    threshold = thresholds_with_ties(x, -1, rng) if with_threshold else np.zeros(features, np.float32)
+    w_signs = np.where(rng.random((out_features, features)) < 0.5, -1.0, 1.0).astype(np.float32)
+    multiplier = rng.uniform(0.5, 2.0, out_features).astype(np.float32)
+    bias = rng.standard_normal(out_features).astype(np.float32)
+    expected = (float_sign_minus(x, threshold, -1) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
+    residual = rng.standard_normal(expected.shape).astype(np.float32)
+    if with_residual:
+        expected = expected + residual
+    initializers = {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias}
+    if with_threshold:
+        initializers["threshold"] = threshold
+    model = model_bytes("BinaryLinear", x.shape, initializers, [helper.make_attribute("in_features", features)],
+                        inputs=v2_inputs(with_threshold, with_residual), version=2,
+                        graph_inputs={"R": residual.shape} if with_residual else None)
+    feed = {"X": x, **({"R": residual} if with_residual else {})}
+    for isa in ISAS:
+        y = runtime.session(model, threads=2, isa=isa).run(None, feed)[0]
+        assert y.shape == expected.shape, isa
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+
+
 # ---- hostile attributes ---------------------------------------------------------------------
 
 BIG = 2**62
@@ -130,19 +226,37 @@ HOSTILE_CONV = {
     "empty batch, hostile pads": ((0, 8, 5, 5), (4, 3, 3, 1), dict(kernel_shape=[3, 3], pads=[65535] * 4)),
 }
 
+# Version 2's optional inputs of the wrong shape: (op, X shape, threshold shape or None, residual
+# shape or None); the conv is 3x3 without padding on 8 channels, 4 outputs (Y [1, 4, 3, 3]).
+HOSTILE_V2_INPUTS = {
+    "threshold one short": ("BinaryConv2d", (1, 8, 5, 5), (7,), None),
+    "threshold one long": ("BinaryConv2d", (1, 8, 5, 5), (9,), None),
+    "threshold as a column": ("BinaryConv2d", (1, 8, 5, 5), (8, 1), None),
+    "threshold scalar": ("BinaryConv2d", (1, 8, 5, 5), (), None),
+    "threshold empty": ("BinaryConv2d", (1, 8, 5, 5), (0,), None),
+    "residual of the input's shape": ("BinaryConv2d", (1, 8, 5, 5), None, (1, 4, 5, 5)),
+    "residual broadcastable": ("BinaryConv2d", (1, 8, 5, 5), None, (1, 4, 1, 1)),
+    "residual of rank 3": ("BinaryConv2d", (1, 8, 5, 5), None, (4, 3, 3)),
+    "residual empty": ("BinaryConv2d", (1, 8, 5, 5), None, (0, 4, 3, 3)),
+    "residual of another batch": ("BinaryConv2d", (2, 8, 5, 5), (8,), (1, 4, 3, 3)),
+    "linear threshold one short": ("BinaryLinear", (2, 64), (63,), None),
+    "linear residual transposed": ("BinaryLinear", (2, 64), None, (3, 2)),
+    "linear residual with zero rows": ("BinaryLinear", (0, 64), None, (1, 3)),
+}
+
 HOSTILE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
     import onnxruntime as ort
     from binarize.kernels import library_path
     results = {}
-    for name, isa, path, x_shape in json.loads(sys.argv[1]):
+    for name, isa, path, feeds in json.loads(sys.argv[1]):
         options = ort.SessionOptions()
         options.add_session_config_entry("binarize.isa", isa)
         options.register_custom_ops_library(library_path())
         try:
             sess = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-            y = sess.run(None, {"X": np.ones(x_shape, np.float32)})[0]
+            y = sess.run(None, {key: np.ones(shape, np.float32) for key, shape in feeds.items()})[0]
             results[name + " / " + isa] = "output of shape %s" % (y.shape,)
         except Exception as error:
             results[name + " / " + isa] = "error: " + str(error).split("\\n")[0]
@@ -152,7 +266,8 @@ HOSTILE_SCRIPT = textwrap.dedent("""
 
 def test_hostile_attributes_are_errors_on_every_path(tmp_path):
     """Plain ONNX Runtime with the library (only the C++ checks run) in a fresh interpreter: every
-    hostile case on every path must raise; the process must exit normally (no SIGSEGV, no abort)."""
+    hostile case (attributes; version 2's threshold and residual of the wrong shape) on every path
+    must raise; the process must exit normally (no SIGSEGV, no abort)."""
     jobs = []
     for i, (name, (x_shape, w_shape, attributes)) in enumerate(HOSTILE_CONV.items()):
         path = tmp_path / f"{i}.onnx"
@@ -163,14 +278,28 @@ def test_hostile_attributes_are_errors_on_every_path(tmp_path):
             [helper.make_attribute("in_channels", x_shape[1])] +
             [helper.make_attribute(key, value, attr_type=AttributeProto.INTS if value == [] else None)
              for key, value in attributes.items()]))
-        jobs.extend((name, isa, str(path), list(x_shape)) for isa in ISAS)
+        jobs.extend((name, isa, str(path), {"X": list(x_shape)}) for isa in ISAS)
     linear = tmp_path / "linear.onnx"
     linear.write_bytes(model_bytes("BinaryLinear", (2, 64), {"W": np.zeros((3, 1), np.int64),
                                                              "multiplier": np.ones(3, np.float32),
                                                              "bias": np.zeros(3, np.float32)},
                                    [helper.make_attribute("in_features", 64),
                                     helper.make_attribute("pads", [BIG] * 4)]))
-    jobs.extend(("conv attribute on linear", isa, str(linear), [2, 64]) for isa in ISAS)
+    jobs.extend(("conv attribute on linear", isa, str(linear), {"X": [2, 64]}) for isa in ISAS)
+    for i, (name, (op, x_shape, threshold_shape, residual_shape)) in enumerate(HOSTILE_V2_INPUTS.items()):
+        path = tmp_path / f"v2-{i}.onnx"
+        initializers = {"W": np.zeros((4, 3, 3, 1) if op == "BinaryConv2d" else (3, 1), np.int64),
+                        "multiplier": np.ones(4 if op == "BinaryConv2d" else 3, np.float32),
+                        "bias": np.zeros(4 if op == "BinaryConv2d" else 3, np.float32)}
+        if threshold_shape is not None:
+            initializers["threshold"] = np.zeros(threshold_shape, np.float32)
+        attributes = ([helper.make_attribute("in_channels", 8), helper.make_attribute("kernel_shape", [3, 3])]
+                      if op == "BinaryConv2d" else [helper.make_attribute("in_features", 64)])
+        path.write_bytes(model_bytes(op, x_shape, initializers, attributes, version=2,
+                                     inputs=v2_inputs(threshold_shape is not None, residual_shape is not None),
+                                     graph_inputs={"R": residual_shape} if residual_shape is not None else None))
+        feeds = {"X": list(x_shape), **({"R": list(residual_shape)} if residual_shape is not None else {})}
+        jobs.extend((name, isa, str(path), feeds) for isa in ISAS)
 
     result = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(jobs)], capture_output=True,
                             text=True, timeout=120)

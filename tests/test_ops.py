@@ -75,6 +75,8 @@ def test_onnx_schemas_are_the_definitions():
         schema = onnx.defs.get_schema(op.name, op.version, op.domain)
         assert schema.since_version == op.version
         assert [p.name for p in schema.inputs] == [p.name for p in op.inputs]
+        optional = onnx.defs.OpSchema.FormalParameterOption.Optional
+        assert [p.option == optional for p in schema.inputs] == [p.optional for p in op.inputs]
         assert {name: (a.required, a.type.name.lower()) for name, a in schema.attributes.items()} == \
             {a.name: (a.required, a.type) for a in op.attributes}
 
@@ -88,7 +90,7 @@ def test_onnx_schemas_are_the_definitions():
 def test_library_limits_are_the_definitions(op, name, value):
     """Each attribute just outside its limits (or of the wrong length) is refused by the C++
     library with the very message the Python definition gives."""
-    definition = opset.definition(op, 1)
+    definition = opset.definition(op, opset.LATEST_VERSION)  # the library validates every version against it
     base = {"BinaryConv2d": {"kernel_shape": [3, 3], "in_channels": 8}, "BinaryLinear": {"in_features": 64}}[op]
     attributes = {**base, name: value}
     with pytest.raises(ValueError) as expected:
@@ -102,7 +104,7 @@ def test_library_limits_are_the_definitions(op, name, value):
 def test_library_reduction_limit_is_the_definition():
     attributes = {"kernel_shape": [46341, 46341], "in_channels": 1}  # 46341^2 > 2^31 - 1
     with pytest.raises(ValueError) as expected:
-        opset.definition("BinaryConv2d", 1).validate_attributes(attributes)
+        opset.definition("BinaryConv2d", opset.LATEST_VERSION).validate_attributes(attributes)
     with pytest.raises(Exception) as actual:
         plain_session(make_model("BinaryConv2d", [A(k, v) for k, v in attributes.items()], x_shape=(1, 1, 5, 5),
                                  w_shape=(1, 1, 1, 1)))
@@ -141,11 +143,57 @@ def test_unknown_binarize_operator_is_refused_by_the_runtime():
         runtime.session(make_model("BinaryConv3d", CONV))
 
 
-@pytest.mark.parametrize("version", [0, 2, 99])
+def with_inputs(model: bytes, names: list, extra: dict) -> bytes:
+    """``model`` with its node's inputs renamed to ``names`` and ``extra`` initializers added."""
+    proto = onnx.load_from_string(model)
+    del proto.graph.node[0].input[:]
+    proto.graph.node[0].input.extend(names)
+    proto.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in extra.items())
+    return proto.SerializeToString()
+
+
+V2_INPUTS = ["X", "W", "multiplier", "bias", "threshold", "residual"]
+
+
+@pytest.mark.parametrize("version, names, message", [
+    (1, V2_INPUTS, r"\(BinaryConv2d version 1\) has 6 inputs; it takes \['X', 'W', 'multiplier', 'bias'\]"),
+    (1, V2_INPUTS[:4] + [""], r"\(BinaryConv2d version 1\) has 5 inputs"),
+    (2, V2_INPUTS + ["residual"], r"\(BinaryConv2d version 2\) has 7 inputs; .*\(the last 2 optional\)"),
+    (2, V2_INPUTS[:3], r"\(BinaryConv2d version 2\) has 3 inputs"),
+])
+def test_input_count_outside_the_version_is_refused_by_the_runtime(version, names, message):
+    """ONNX Runtime resolves every version of a custom op to one schema, so the kernel cannot
+    tell a version-1 node with version 2's inputs from a version-2 node: the runtime refuses it."""
+    model = with_inputs(make_model("BinaryConv2d", CONV, version=version), names,
+                        {"threshold": np.zeros(8, np.float32), "residual": np.zeros((1, 4, 3, 3), np.float32)})
+    with pytest.raises(ValueError, match=message):
+        runtime.session(model)
+
+
+@pytest.mark.parametrize("name, value", [("threshold", np.zeros(8, np.float64)), ("threshold", np.zeros(8, np.int64)),
+                                         ("residual", np.zeros((1, 4, 3, 3), np.float64))])
+def test_version_2_input_of_another_type_is_an_error(name, value):
+    names = V2_INPUTS[:4] + (["threshold"] if name == "threshold" else ["", "residual"])
+    model = with_inputs(make_model("BinaryConv2d", CONV, version=2), names, {name: value})
+    with pytest.raises(Exception, match=rf"{name}|Type Error"):
+        session = plain_session(model)
+        session.run(None, {"X": np.ones((1, 8, 5, 5), np.float32)})
+
+
+def test_version_1_files_run_as_before():
+    """A version-1 node (4 inputs) under this release: the version-1 formula (zero weights are all
+    +1 and the input is positive: every tap adds +C, so D = 9 * 8 at each of the 3x3 outputs)."""
+    x = np.abs(np.random.default_rng(0).standard_normal((1, 8, 5, 5))).astype(np.float32)
+    for isa in ISAS:
+        y = runtime.session(make_model("BinaryConv2d", CONV, version=1), isa=isa).run(None, {"X": x})[0]
+        np.testing.assert_array_equal(y, np.full((1, 4, 3, 3), 72.0, np.float32))
+
+
+@pytest.mark.parametrize("version", [0, 3, 99])
 def test_unknown_opset_version_is_refused_naming_the_file(version, tmp_path):
     path = tmp_path / f"v{version}.onnx"
     path.write_bytes(make_model("BinaryConv2d", CONV, version=version))
-    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1\]"):
+    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1, 2\]"):
         runtime.session(path)
 
 

@@ -44,10 +44,11 @@ class BinaryLayer:
     config: ConvertConfig
     #: Packed output channels per logical output channel (CBCN's K); the runtime takes a max over them.
     orientations: int = 1
-    #: The binarization point of the input, one per input channel / feature (ReActNet's RSign;
-    #: an nn.Parameter set by the conversion option that learns it), or None for 0. Exported as
-    #: BinaryConv2d / BinaryLinear v2's ``threshold``.
-    input_threshold: Optional[torch.Tensor] = None
+    #: The binarization point of the input, one per input channel / feature (ReActNet's RSign),
+    #: or None for 0; exported as BinaryConv2d / BinaryLinear v2's ``threshold``. Registered as a
+    #: parameter that is None (:meth:`_init_input_threshold`) rather than a class attribute: torch
+    #: refuses ``layer.input_threshold = nn.Parameter(...)`` over a class attribute of that name.
+    input_threshold: Optional[nn.Parameter]
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError
@@ -77,6 +78,9 @@ class BinaryLayer:
         name = self.config.weight_estimator
         return get_estimator(name)(w, **self.config.estimator_kwargs(name), **params)
 
+    def _init_input_threshold(self) -> None:
+        self.register_parameter("input_threshold", None)  # set by the conversion option that learns it
+
     def _copy_from(self, layer: nn.Module) -> None:
         with torch.no_grad():
             self.weight.copy_(layer.weight)
@@ -96,6 +100,7 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
             conv.padding, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype)
         self.config = config
+        self._init_input_threshold()
         self._copy_from(conv)
         self._init_method_state()
 
@@ -114,6 +119,7 @@ class BinaryLinear(BinaryLayer, nn.Linear):
         nn.Linear.__init__(self, linear.in_features, linear.out_features, linear.bias is not None,
                            device=linear.weight.device, dtype=linear.weight.dtype)
         self.config = config
+        self._init_input_threshold()
         self._copy_from(linear)
         self._init_method_state()
 

@@ -10,7 +10,11 @@ Three steps:
    multiplier and bias. CBCN's layers keep it: their conv output is max-reduced over orientations
    first, and a BatchNorm with a negative scale does not commute with a max. The Hardtanh ``convert``
    put in front of binary layers is dropped where it only feeds them (they read only its sign, which
-   it preserves); in a hand-built model, every such Hardtanh.
+   it preserves, and keeps sign(x - t) for an input threshold t in (min_val, max_val]); in a
+   hand-built model, every such Hardtanh. Given the example input, each Add of a packed layer's
+   output and a tensor of the same shape (a double skip; the shapes from ShapeProp) moves into the
+   layer's op as its residual. A model with a fused Add or an input threshold exports version 2 of
+   the ``binarize`` ops on every binary layer, any other model version 1, as before version 2.
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.

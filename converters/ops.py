@@ -180,17 +180,21 @@ def _optional_threshold(name: str, threshold: Optional[torch.Tensor], channels: 
 
 
 class _PackedBinaryLayer(nn.Module):
-    """What both packed layers share: the operator version they are exported as.
+    """What both packed layers share: the operator version they run and export as.
 
-    ``op_version`` is 1 unless the layer has a ``threshold`` or is called with a ``residual``
-    (BinaryConv2d / BinaryLinear v2); the exporter sets it to 2 on every layer of a model that
-    needs version 2 anywhere, since an ONNX model imports one version of the domain."""
+    ``op_version`` None (the default) is 1, or 2 where the layer has a ``threshold`` or is called
+    with a ``residual`` (BinaryConv2d / BinaryLinear v2); the exporter sets 2 on every layer of a
+    model that needs version 2 anywhere, since an ONNX model imports one version of the domain."""
 
-    op_version: int = 1
+    op_version: Optional[int] = None
 
-    def _check_version(self, residual: Optional[torch.Tensor]) -> None:
-        if self.op_version == 1 and (residual is not None or self.threshold is not None):
+    def _version(self, residual: Optional[torch.Tensor]) -> int:
+        needs_v2 = residual is not None or self.threshold is not None
+        if self.op_version is None:
+            return 2 if needs_v2 else 1
+        if self.op_version == 1 and needs_v2:
             raise ValueError("a threshold or residual needs op_version = 2 (BinaryConv2d / BinaryLinear v2)")
+        return self.op_version
 
 
 class PackedBinaryConv2d(_PackedBinaryLayer):
@@ -235,11 +239,10 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return self.orientations == 1 and self.post_bias is None
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self._check_version(residual)
         if residual is not None and not self.takes_residual:
             raise ValueError("a residual is added by the op only without orientations and post_bias")
         geometry = (self.in_channels, self.kernel_shape, self.strides, self.pads, self.dilations)
-        if self.op_version == 1:
+        if self._version(residual) == 1:
             y = binary_conv2d(x, self.weight, self.multiplier, self.bias, *geometry)
         else:
             y = binary_conv2d_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, *geometry)
@@ -275,8 +278,7 @@ class PackedBinaryLinear(_PackedBinaryLayer):
         self.register_buffer("threshold", _optional_threshold(name, threshold, self.in_features))
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        self._check_version(residual)
-        if self.op_version == 1:
+        if self._version(residual) == 1:
             return binary_linear(x, self.weight, self.multiplier, self.bias, self.in_features)
         return binary_linear_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, self.in_features)
 

@@ -116,17 +116,24 @@ def pytorch_with_ties_resolved(bnn: nn.Module, x: torch.Tensor,
                                runtime_inputs: list[np.ndarray]) -> tuple[np.ndarray, list[str]]:
     """PyTorch's eval output, where an input of a binary layer that binarizes differently than in
     ORT (``runtime_inputs``, in execution order) is binarized as in ORT if, and only if, it is a
-    rounding tie (|x| <= TIE * max |x|); any other difference fails. Returns the output and one
+    rounding tie (|x - t| <= TIE * max |x - t|, t the layer's input_threshold or 0); any other
+    difference fails. Returns the output and one
     line per layer where ties were resolved."""
     runtime = iter(runtime_inputs)
     resolved = []
 
     def resolve_ties(name, layer, args):
         expected, actual = args[0], torch.from_numpy(next(runtime))
-        differs = (expected >= 0) != (actual >= 0)
+        threshold = layer.input_threshold  # the layer binarizes x - threshold (BinaryConv2d v2)
+        if threshold is not None:
+            shape = [1] * expected.dim()
+            shape[-1 if isinstance(layer, nn.Linear) else 1] = -1
+            threshold = threshold.detach().view(shape)
+        shifted = expected if threshold is None else expected - threshold
+        differs = (shifted >= 0) != ((actual if threshold is None else actual - threshold) >= 0)
         if not differs.any():
             return None
-        largest, scale = float(expected[differs].abs().max()), float(expected.abs().max())
+        largest, scale = float(shifted[differs].abs().max()), float(shifted.abs().max())
         assert largest <= TIE * scale, (
             f"the input of binary layer '{name}' binarizes differently in PyTorch and ONNX Runtime at "
             f"|x| = {largest:.3g} (layer max {scale:.3g}): not a rounding tie, the exported graph is wrong")

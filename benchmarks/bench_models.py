@@ -90,21 +90,28 @@ def build_models(workdir: Path, calibration_images: int, name: str, method: str,
     return paths
 
 
-def op_type_profile(path: Path, feed: dict, threads: int, runs: int, workdir: Path) -> list:
-    """[(op type, ms per inference, share)] from ONNX Runtime's profiler, largest first."""
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(workdir / "profile")
-    profiled = session(path, threads=threads, sess_options=options)
+def op_type_profiles(paths: dict, feed: dict, threads: int, runs: int, workdir: Path) -> dict:
+    """{label: [(op type, ms per inference, share)], largest first} from ONNX Runtime's profiler,
+    the models' runs interleaved (as the timings) so that a change in load hits them alike."""
+    sessions = {}
+    for label, path in paths.items():
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(workdir / f"profile_{label}")
+        sessions[label] = session(path, threads=threads, sess_options=options)
     for _ in range(runs):
-        profiled.run(None, feed)
-    events = json.loads(Path(profiled.end_profiling()).read_text())
-    totals = collections.Counter()
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"]
-    whole = sum(totals.values())
-    return [(op, us / runs / 1000, us / whole) for op, us in totals.most_common()]
+        for profiled in sessions.values():
+            profiled.run(None, feed)
+    profiles = {}
+    for label, profiled in sessions.items():
+        events = json.loads(Path(profiled.end_profiling()).read_text())
+        totals = collections.Counter()
+        for event in events:
+            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+                totals[event["args"]["op_name"]] += event["dur"]
+        whole = sum(totals.values())
+        profiles[label] = [(op, us / runs / 1000, us / whole) for op, us in totals.most_common()]
+    return profiles
 
 
 def cpu_name() -> str:
@@ -205,8 +212,8 @@ def main():
         missed = [f"{name} {value:.1f}x < {TARGETS[name]:g}x" for name, value in measured.items()
                   if value < TARGETS[name]]
         profiled = [label for label in ("binary", "unfused") if label in paths] if missed or args.profile else []
-        profiles = {label: op_type_profile(paths[label], feed, min(args.threads), args.profile_runs, workdir)
-                    for label in profiled}
+        profiles = (op_type_profiles({label: paths[label] for label in profiled}, feed, min(args.threads),
+                                     args.profile_runs, workdir) if profiled else {})
 
     print("\n".join(table(sizes, latencies)))
     for name, value in measured.items():

@@ -231,8 +231,7 @@ Version 1 with two optional inputs (absent, the result is exactly version 1's):
     (sign(0) = +1, NaN -> -1; bit 1 iff X[..., c] - t[c] < 0 or is NaN)
     Y = multiplier[m] · D + bias[m] + R[..., m, ...]   (the sum in float32, in this order)
 
-The threshold applies before the zero padding: padded taps still contribute 0. The residual has
-exactly Y's shape (no broadcasting)."""
+The residual has exactly Y's shape (no broadcasting)."""
 
 BINARY_CONV2D_V2 = OpDefinition(
     name="BinaryConv2d", version=2,
@@ -246,7 +245,8 @@ BINARY_CONV2D_V2 = OpDefinition(
                      for a in BINARY_CONV2D_V1.attributes),
     semantics=BINARY_CONV2D_V1.semantics.split("\n\nwhere Wpm")[0].replace(
         "transform. The input", "transform (version 1, then the two optional inputs below). The input") +
-    "\n\n" + _V2_SEMANTICS + """
+    "\n\n" + _V2_SEMANTICS + """ The threshold applies before the zero padding: padded taps
+still contribute 0.
 
 The reference implementation is the eager PyTorch op `torch.ops.binarize.binary_conv2d_v2`
 (`binarize.converters.ops`), tested against every kernel path.""",

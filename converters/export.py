@@ -203,13 +203,12 @@ def _residual_add(node: fx.Node) -> Optional[Tuple[fx.Node, fx.Node]]:
     return (other, add) if same else None
 
 
-def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> int:
+def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> None:
     """Move each Add of a packed layer's output and a same-shape tensor (a double skip's shortcut;
     BatchNorm already folded into multiplier and bias) into the layer's op as its residual
     (BinaryConv2d / BinaryLinear v2): the sum is then written once, as the op stores its output,
-    instead of by a separate pass over two tensors. Returns the number of Adds fused."""
+    instead of by a separate pass over two tensors."""
     ShapeProp(gm).propagate(*args)
-    fused = 0
     for node in list(gm.graph.nodes):
         module = module_of(gm, node) if node.op == "call_module" else None
         if not isinstance(module, (PackedBinaryConv2d, PackedBinaryLinear)) or not module.takes_residual:
@@ -224,20 +223,17 @@ def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> i
         add.replace_all_uses_with(call)
         gm.graph.erase_node(add)
         gm.graph.erase_node(node)
-        fused += 1
-    return fused
 
 
-def _set_op_version(gm: fx.GraphModule) -> int:
+def _set_op_version(gm: fx.GraphModule) -> None:
     """2 on every packed layer when one of them needs BinaryConv2d / BinaryLinear v2 (a threshold,
     a fused residual), else 1, so a model that uses neither exports exactly as before version 2;
-    an ONNX model imports one version of the ``binarize`` domain. Returns the version."""
+    an ONNX model imports one version of the ``binarize`` domain."""
     layers = [m for m in gm.modules() if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))]
     residual_calls = any(n.op == "call_module" and "residual" in n.kwargs for n in gm.graph.nodes)
     version = 2 if residual_calls or any(m.threshold is not None for m in layers) else 1
     for layer in layers:
         layer.op_version = version
-    return version
 
 
 def prepare(model: nn.Module, example_input: Optional[Inputs] = None) -> fx.GraphModule:

@@ -167,6 +167,8 @@ def table(sizes: dict, latencies: dict) -> list:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100, help="timed runs per model and thread count")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="turns the sessions take (more rounds: shorter blocks, less exposed to load changes)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--calibration-images", type=int, default=8)
     parser.add_argument("--profile-runs", type=int, default=20)
@@ -204,7 +206,7 @@ def main():
         latencies = {}
         for threads in args.threads:
             sessions = [session(paths[label], threads=threads) for label in labels]
-            latencies[threads] = dict(zip(labels, (us / 1000 for us in median_us(sessions, feed, args.runs))))
+            latencies[threads] = dict(zip(labels, (us / 1000 for us in median_us(sessions, feed, args.runs, args.rounds))))
         one = latencies[min(args.threads)]
         measured = {"speed-up over float": one["float"] / one["binary"],
                     "speed-up over int8": one["int8"] / one["binary"],

@@ -24,6 +24,7 @@ import binarize
 from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
 from binarize.finetune import FinetuneConfig, finetune
+from binarize.methods import paper_recipe
 from binarize.models import resnet_small
 
 DATASETS = ("mnist5k", "mnist5k-rot")
@@ -80,6 +81,38 @@ METHODS = (
     Variant("cbcn K=4", "cbcn", {"orientations": 4}),
     Variant("rbcn", "rbcn"),
 )
+#: CBCN's two layouts (binarize.methods.cbcn): "max" (a max over orientations after every layer) and
+#: "widen" (the paper's K-orientation feature maps), K = 1, 2, 4, named explicitly whatever the default.
+CBCN_LAYOUTS = tuple(Variant(f"cbcn {layout} K={k}", "cbcn", {"orientations": k, "layout": layout})
+                     for layout in ("max", "widen") for k in (1, 2, 4))
+#: One factor changed from "cbcn widen K=4" (LeNet, MNIST-rot): CBCN table 3's centre loss and doubled
+#: shortcuts, RBCN table 2's discriminators.
+CBCN_LAYOUT_ABLATIONS = tuple(
+    (Variant(f"cbcn widen K=4 {change}", "cbcn", {"orientations": 4, "layout": "widen", **convert}, finetune),
+     "cbcn widen K=4")
+    for change, convert, finetune in (("-center loss", {}, {"center_loss_weight": 0.0}),
+                                      ("-double skip", {"double_skip": False}, {}),
+                                      ("-GAN", {}, {"gan_weight": 0.0})))
+
+
+def paper_variant(method: str, dataset: str, convert: Optional[Dict[str, object]] = None) -> Variant:
+    """A method trained with its paper's recipe for ``dataset`` (``FinetuneConfig.paper``: optimizer,
+    learning rate and schedule shape, which losses are on, convert options such as RBCN's lambda1),
+    at the report's own length: the recipe's epochs and decay intervals (50-200 epochs) are left out."""
+    recipe = paper_recipe(method, dataset)
+    lengths = ("epochs", "stage1_epochs", "lr_decay_every", "loss_weight_decay_every")
+    finetune = {k: v for k, v in recipe.finetune.items() if k not in lengths}
+    label = f"{method} paper {dataset}" + "".join(f" {v}" if k == "layout" else f" K={v}" if k == "orientations"
+                                                  else f" {k}={v}" for k, v in sorted((convert or {}).items()))
+    return Variant(label, method, {**recipe.convert, **(convert or {})}, finetune)
+
+
+#: The papers' own recipes (issue 10's presets): CBCN's MNIST recipe in both layouts; BiPer and RBCN
+#: give none for MNIST, so their ImageNet / CIFAR-10 recipes stand in.
+PAPER_PRESETS = (paper_variant("cbcn", "mnist-rot", {"orientations": 4, "layout": "widen"}),
+                 paper_variant("cbcn", "mnist-rot", {"orientations": 4, "layout": "max"}),
+                 paper_variant("biper", "imagenet"), paper_variant("rbcn", "cifar10"))
+
 #: One factor changed from a method's default recipe; (variant, the METHODS label it is compared to).
 ABLATIONS = (
     (Variant("xnor +double skip", "xnor", {"double_skip": True}), "xnor"),
@@ -199,7 +232,7 @@ def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int,
     schedule = dict(optimizer="sgd", lr=recipe.student_lr, epochs=recipe.student_epochs, warmup_epochs=0.2)
     if variant.method == "biper":  # same total epochs: one in stage 1 (real-valued sin weights)
         schedule.update(stage1_epochs=1, stage1_lr=recipe.student_lr, epochs=max(1, recipe.student_epochs - 1))
-    config = FinetuneConfig(**schedule, **variant.finetune, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
+    config = FinetuneConfig(**{**schedule, **variant.finetune}, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
                             progress=False)
     start = time.time()
     student, history = finetune(student, teacher, train_loader, test_loader, config)

@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -171,6 +171,13 @@ FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2), methods=M
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
                   recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
+
+#: Issue 10's rows in the full grid: CBCN's paper layout at K = 1, 2, 4 on every net and dataset (the
+#: "cbcn K=k" rows are the default layout, "max"), its ablations and the paper presets on the ablation
+#: setting, each compared with its method's default row.
+FULL_GRID = replace(FULL_GRID, methods=FULL_GRID.methods + CBCN_LAYOUTS[3:],
+                    ablations=FULL_GRID.ablations + CBCN_LAYOUT_ABLATIONS
+                    + tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn"))))
 
 
 def _loaders(net: str, data: str, seed: int):
@@ -362,4 +369,23 @@ def claims(cells, grid: Grid) -> List[Claim]:
             for biper in ("biper w0=20", "biper auto"):
                 rows.append(compare(cells, "BiPer at least as good as Bi-Real", "BiPer tables", net, data,
                                     biper, "bireal", at_least_as_good=True))
+    return rows + layout_claims(cells, grid)
+
+
+def layout_claims(cells, grid: Grid) -> List[Claim]:
+    """CBCN's claims for the paper's layout "widen" (issue 10), and "more orientations help" (table 3,
+    column S) for both layouts ("cbcn K=k" is the default layout, "cbcn widen K=k" the paper's)."""
+    rows = [compare(cells, "CBCN error below XNOR on MNIST-rot", "CBCN table 2", net, "mnist5k-rot",
+                    "cbcn widen K=4", "xnor") for net in NETS]
+    for prefix in ("cbcn", "cbcn widen"):
+        for net in NETS:
+            for more, fewer in ((4, 2), (2, 1)):
+                rows.append(compare(cells, "more orientations help CBCN", "CBCN table 3", net, "mnist5k-rot",
+                                    f"{prefix} K={more}", f"{prefix} K={fewer}"))
+    ablation = dict(net=grid.ablation_net, data=grid.ablation_data)
+    for claim, source, change in (("double skips raise binary accuracy", "CBCN table 3", "-double skip"),
+                                  ("center loss helps CBCN", "CBCN table 3", "-center loss"),
+                                  ("GAN (discriminators) helps", "RBCN table 2", "-GAN")):
+        rows.append(compare(cells, claim, source, better="cbcn widen K=4", worse=f"cbcn widen K=4 {change}",
+                            **ablation))
     return rows

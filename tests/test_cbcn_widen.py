@@ -145,8 +145,24 @@ def test_binary_macs_are_k_squared_those_of_xnor(k):
     assert wide.binary_params == pooled.binary_params  # the learned filters, 1 bit each
 
 
+def test_per_orientation_module_runs_each_orientation_with_the_same_weights():
+    """Orientation j of the output is the module applied to orientation j of the input, forward and
+    backward. Mutation caught: PerOrientation detaching its input."""
+    torch.manual_seed(0)
+    k, c = 4, 3
+    conv = nn.Conv2d(c, 5, 1, stride=2)
+    x = torch.randn(2, k * c, 6, 6, requires_grad=True)
+    y = PerOrientation(conv, k)(x)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = torch.cat([conv(x_ref[:, j * c:(j + 1) * c]) for j in range(k)], 1)
+    (y_ref * upstream).sum().backward()
+    assert torch.allclose(y, y_ref, atol=1e-6) and torch.allclose(x.grad, x_ref.grad, atol=1e-6)
+
+
 def test_gradients_reach_every_parameter_through_the_widened_graph():
-    """Mutation caught: the per-orientation shortcut detaching its input."""
+    """Mutation caught: the per-orientation module run under torch.no_grad()."""
     bnn = widen(resnet8()).train()
     x = torch.randn(4, 1, 28, 28)
     torch.nn.functional.cross_entropy(bnn(x), torch.tensor([0, 1, 2, 3])).backward()

@@ -205,7 +205,7 @@ class CBCNMethod(Method):
     no value). Layout "widen" widens the graph around the layers to K orientation channels."""
 
     def rewrite_graph(self, gm, binary, config):
-        if config.layout == "widen":
+        if config.layout == "widen" and config.orientations > 1:  # K = 1: both layouts are the same network
             widen_orientations(gm, binary, config.orientations)
 
     finetune_defaults = {"center_loss_weight": 0.01}

@@ -44,7 +44,7 @@ def widen(model, k=4, **options):
 @pytest.mark.parametrize("k", [2, 4])
 def test_every_map_between_binary_layers_is_k_wide_and_the_classifier_sees_the_float_width(k):
     """Mutations caught: the first binary layer's input not replicated (copy_orientations returning
-    its input), the BatchNorms / downsample branches left at the float width, the pool left out."""
+    its input); the float modules (BatchNorms, downsample branches) left at the float width."""
     model = resnet8()
     bnn = widen(model, k)
     float_convs = dict(model.named_modules())
@@ -172,8 +172,8 @@ def test_gradients_reach_every_parameter_through_the_widened_graph():
 
 def test_state_dict_round_trip_and_checkpoint_recipe_rebuild_the_widened_model(tmp_path):
     """A student checkpoint's recipe (the convert config as versioned plain data) rebuilds the widened
-    model, which loads the weights and gives the same output. Mutation caught: CBCNConfig.to_data
-    without ``layout`` (the rebuilt model is the max layout and refuses the K-wide state)."""
+    model, which loads the weights and gives the same output. Mutation caught: ``layout`` a plain
+    class attribute of CBCNConfig instead of a field (not in the plain data, not an option)."""
     model = resnet8()
     bnn = widen(model).train()
     bnn(torch.randn(8, 1, 28, 28))  # move the running statistics
@@ -195,7 +195,8 @@ def test_state_dict_round_trip_and_checkpoint_recipe_rebuild_the_widened_model(t
 
 def test_version_1_and_2_data_rebuild_the_max_layout():
     """CBCNConfig version 3 added ``layout``: older plain data described max-over-orientations layers.
-    Mutation caught: the version-2 upgrade taking the new default."""
+    Mutation caught: no version-2 upgrade entry. (An upgrade that lets ``layout`` take its default
+    passes while the default is "max": the two then build the same model.)"""
     current = CBCNConfig(orientations=2, layout="widen").to_data()
     assert current["version"] == 3 and current["layout"] == "widen"
     version_2 = {k: v for k, v in current.items() if k != "layout"} | {"version": 2}
@@ -215,8 +216,8 @@ def test_version_1_and_2_data_rebuild_the_max_layout():
 def test_widened_model_exports_and_matches_pytorch_in_onnx_runtime(case, tmp_path):
     """test_export's bar (<= 1e-4 relative, same top-1; rounding ties reported) for layout "widen":
     the K * C_out outputs are ordinary output channels of the packed op (no ReduceMax), the BatchNorm
-    after each binary conv folds into it. Mutation caught: export_weight without the copies over the
-    input orientations (the packed op then reads C_in of the K * C_in channels)."""
+    after each binary conv folds into it. Mutations caught: export_weight without the copies over the
+    input orientations; the sign inputs left in front of the copies (a Clip stays, resnet18)."""
     build, size, options = CASES[case]
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -244,6 +245,8 @@ def test_widened_student_trains_with_kd_discriminators_and_center_loss():
 
 
 def test_module_called_on_wide_and_plain_maps_is_refused_by_name():
+    """Mutation caught: the check in widen_orientations switched off (the BatchNorm then gets a map of
+    the wrong width at run time, with an error that names no module)."""
     class Shared(nn.Module):
         def __init__(self):
             super().__init__()
@@ -262,6 +265,7 @@ def test_module_called_on_wide_and_plain_maps_is_refused_by_name():
 
 
 def test_resnet18_widened_costs_what_summary_says():
+    """ResNet-18 (downsample branches, the stem's max-pool): K^2 too."""
     model = torchvision.models.resnet18(num_classes=10).eval()
     size = (1, 3, 64, 64)
     xnor = binarize.summary(binarize.convert(model, "xnor", double_skip=True), size)

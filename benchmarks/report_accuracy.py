@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -24,6 +24,7 @@ import binarize
 from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
 from binarize.finetune import FinetuneConfig, finetune
+from binarize.methods import paper_recipe
 from binarize.models import resnet_small
 
 DATASETS = ("mnist5k", "mnist5k-rot")
@@ -80,6 +81,38 @@ METHODS = (
     Variant("cbcn K=4", "cbcn", {"orientations": 4}),
     Variant("rbcn", "rbcn"),
 )
+#: CBCN's two layouts (binarize.methods.cbcn): "max" (a max over orientations after every layer) and
+#: "widen" (the paper's K-orientation feature maps), K = 1, 2, 4, named explicitly whatever the default.
+CBCN_LAYOUTS = tuple(Variant(f"cbcn {layout} K={k}", "cbcn", {"orientations": k, "layout": layout})
+                     for layout in ("max", "widen") for k in (1, 2, 4))
+#: One factor changed from "cbcn widen K=4" (LeNet, MNIST-rot): CBCN table 3's centre loss and doubled
+#: shortcuts, RBCN table 2's discriminators.
+CBCN_LAYOUT_ABLATIONS = tuple(
+    (Variant(f"cbcn widen K=4 {change}", "cbcn", {"orientations": 4, "layout": "widen", **convert}, finetune),
+     "cbcn widen K=4")
+    for change, convert, finetune in (("-center loss", {}, {"center_loss_weight": 0.0}),
+                                      ("-double skip", {"double_skip": False}, {}),
+                                      ("-GAN", {}, {"gan_weight": 0.0})))
+
+
+def paper_variant(method: str, dataset: str, convert: Optional[Dict[str, object]] = None) -> Variant:
+    """A method trained with its paper's recipe for ``dataset`` (``FinetuneConfig.paper``: optimizer,
+    learning rate and schedule shape, which losses are on, convert options such as RBCN's lambda1),
+    at the report's own length: the recipe's epochs and decay intervals (50-200 epochs) are left out."""
+    recipe = paper_recipe(method, dataset)
+    lengths = ("epochs", "stage1_epochs", "lr_decay_every", "loss_weight_decay_every")
+    finetune = {k: v for k, v in recipe.finetune.items() if k not in lengths}
+    label = f"{method} paper {dataset}" + "".join(f" {v}" if k == "layout" else f" K={v}" if k == "orientations"
+                                                  else f" {k}={v}" for k, v in sorted((convert or {}).items()))
+    return Variant(label, method, {**recipe.convert, **(convert or {})}, finetune)
+
+
+#: The papers' own recipes (issue 10's presets): CBCN's MNIST recipe in both layouts; BiPer and RBCN
+#: give none for MNIST, so their ImageNet / CIFAR-10 recipes stand in.
+PAPER_PRESETS = (paper_variant("cbcn", "mnist-rot", {"orientations": 4, "layout": "widen"}),
+                 paper_variant("cbcn", "mnist-rot", {"orientations": 4, "layout": "max"}),
+                 paper_variant("biper", "imagenet"), paper_variant("rbcn", "cifar10"))
+
 #: One factor changed from a method's default recipe; (variant, the METHODS label it is compared to).
 ABLATIONS = (
     (Variant("xnor +double skip", "xnor", {"double_skip": True}), "xnor"),
@@ -138,6 +171,13 @@ FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2), methods=M
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
                   recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
+
+#: Issue 10's rows in the full grid: CBCN's paper layout at K = 1, 2, 4 on every net and dataset (the
+#: "cbcn K=k" rows are the default layout, "max"), its ablations and the paper presets on the ablation
+#: setting, each compared with its method's default row.
+FULL_GRID = replace(FULL_GRID, methods=FULL_GRID.methods + CBCN_LAYOUTS[3:],
+                    ablations=FULL_GRID.ablations + CBCN_LAYOUT_ABLATIONS
+                    + tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn"))))
 
 
 def _loaders(net: str, data: str, seed: int):
@@ -199,7 +239,7 @@ def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int,
     schedule = dict(optimizer="sgd", lr=recipe.student_lr, epochs=recipe.student_epochs, warmup_epochs=0.2)
     if variant.method == "biper":  # same total epochs: one in stage 1 (real-valued sin weights)
         schedule.update(stage1_epochs=1, stage1_lr=recipe.student_lr, epochs=max(1, recipe.student_epochs - 1))
-    config = FinetuneConfig(**schedule, **variant.finetune, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
+    config = FinetuneConfig(**{**schedule, **variant.finetune}, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
                             progress=False)
     start = time.time()
     student, history = finetune(student, teacher, train_loader, test_loader, config)
@@ -329,4 +369,23 @@ def claims(cells, grid: Grid) -> List[Claim]:
             for biper in ("biper w0=20", "biper auto"):
                 rows.append(compare(cells, "BiPer at least as good as Bi-Real", "BiPer tables", net, data,
                                     biper, "bireal", at_least_as_good=True))
+    return rows + layout_claims(cells, grid)
+
+
+def layout_claims(cells, grid: Grid) -> List[Claim]:
+    """CBCN's claims for the paper's layout "widen" (issue 10), and "more orientations help" (table 3,
+    column S) for both layouts ("cbcn K=k" is the default layout, "cbcn widen K=k" the paper's)."""
+    rows = [compare(cells, "CBCN error below XNOR on MNIST-rot", "CBCN table 2", net, "mnist5k-rot",
+                    "cbcn widen K=4", "xnor") for net in NETS]
+    for prefix in ("cbcn", "cbcn widen"):
+        for net in NETS:
+            for more, fewer in ((4, 2), (2, 1)):
+                rows.append(compare(cells, "more orientations help CBCN", "CBCN table 3", net, "mnist5k-rot",
+                                    f"{prefix} K={more}", f"{prefix} K={fewer}"))
+    ablation = dict(net=grid.ablation_net, data=grid.ablation_data)
+    for claim, source, change in (("double skips raise binary accuracy", "CBCN table 3", "-double skip"),
+                                  ("center loss helps CBCN", "CBCN table 3", "-center loss"),
+                                  ("GAN (discriminators) helps", "RBCN table 2", "-GAN")):
+        rows.append(compare(cells, claim, source, better="cbcn widen K=4", worse=f"cbcn widen K=4 {change}",
+                            **ablation))
     return rows

@@ -54,6 +54,7 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
         passes.add_double_skips(gm, plan.binary, config.shortcut)
     passes.rewrite_sign_inputs(gm, plan.binary, config.activation)
     passes.swap_binary_layers(gm, plan.binary, spec, config)
+    spec.rewrite_graph(gm, plan.binary, config)
     gm.recompile()
     attributes = {"binarize_plan": plan, "binarize_config": config}
     # GraphModule.__deepcopy__ rebuilds the module from its graph and drops plain attributes;

@@ -14,7 +14,10 @@ A method supplies a mixin with three hooks:
 - ``export_weight()``: ``(signs, multiplier)`` with signs in {-1, +1} shaped like the weight the
   runtime convolves with and one float per output channel of it, such that in eval mode
   ``forward(x) == reduce(conv(sign(x), signs * multiplier)) + bias``; ``reduce`` is the identity
-  except for layers with ``orientations > 1`` (CBCN), where it is a max over orientations.
+  except for layers with ``orientations > 1`` (CBCN's layout "max"), where it is a max over orientations.
+
+A layer with ``feature_orientations = K > 1`` (CBCN's layout "widen") reads and writes feature maps
+that carry K orientation channels per channel; its ``in_channels``/``out_channels`` count them.
 """
 from __future__ import annotations
 
@@ -49,6 +52,9 @@ class BinaryLayer:
     #: parameter that is None (:meth:`_init_input_threshold`) rather than a class attribute: torch
     #: refuses ``layer.input_threshold = nn.Parameter(...)`` over a class attribute of that name.
     input_threshold: Optional[nn.Parameter]
+    #: Orientation channels per channel of the feature maps the layer reads and writes (CBCN's K in
+    #: layout "widen"): the graph around it is K-wide (binarize.orientations).
+    feature_orientations: int = 1
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError

@@ -10,7 +10,9 @@
 5. :func:`add_double_skips` - a Bi-Real shortcut around every binary conv and its BatchNorm;
 6. :func:`rewrite_sign_inputs` - a binary layer binarizes its input, and sign(ReLU(x)) = +1 everywhere
    (sign(0) = +1), so the ReLU-like activation in front of it is replaced, for that layer only;
-7. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers.
+7. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers;
+8. the method's own step (``Method.rewrite_graph``): CBCN's layout "widen" runs
+   :func:`binarize.orientations.widen_orientations`, which makes the maps around its layers K-wide.
 
 :func:`topological_sort` restores a valid node order after passes that add edges. What a node is (a
 ReLU, a pass-through op, the BatchNorm after a layer) is decided by :mod:`binarize.matchers`; what the

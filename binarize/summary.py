@@ -5,7 +5,9 @@ Conventions (those of Bi-Real Net and RBCN's table 6, so the numbers are compara
 - memory: every float parameter costs 32 bits, every binary weight 1 bit (scales, C, biases and
   BatchNorm affine parameters are float); buffers (BatchNorm running statistics) are not counted;
 - MACs: only Conv2d and Linear layers count (Cout * Cin/groups * kh * kw per output position);
-  a CBCN layer performs ``orientations`` times the MACs of its float counterpart;
+  a CBCN layer of layout "max" performs ``orientations`` (K) times the MACs of its float counterpart;
+  one of layout "widen" counts the K-wide maps in its ``in_channels``/``out_channels``, so K^2 times,
+  and a float module run per orientation (``PerOrientation``) K times;
 - ``flops = float MACs + binary MACs / 64`` (64 binary MACs per 64-bit xnor + popcount).
 """
 from __future__ import annotations

@@ -13,6 +13,9 @@ role                      node
 ``"moved_relu"``          a ReLU moved behind max-pooling/flatten for the float consumers
 ``"double_skip"``         a new shortcut branch (Bi-Real's AvgPool + 1x1 conv + BN, or parameter-free)
 ``"double_skip_add"``     the addition of a double skip
+``"orientation_copies"``  a plain map replicated K times where it enters a K-wide region (CBCN's
+                          layout "widen", :mod:`binarize.orientations`)
+``"orientation_pool"``    the max over the K orientations where a K-wide map leaves the region
 ========================  ======================================================================
 
 The tags live in ``node.meta``, which ``GraphModule.recompile()`` and ``copy.deepcopy`` keep. They do
@@ -24,7 +27,7 @@ are also the rules the passes used to write the tags.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch.fx as fx
 from torch import nn
@@ -33,7 +36,8 @@ from . import matchers
 from .layers import BinaryLayer
 
 KEY = "binarize"
-ROLES = ("binary_layer", "sign_input", "sign_input_copy", "moved_relu", "double_skip", "double_skip_add")
+ROLES = ("binary_layer", "sign_input", "sign_input_copy", "moved_relu", "double_skip", "double_skip_add",
+         "orientation_copies", "orientation_pool")
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,18 @@ def feature_maps(model: nn.Module) -> List[str]:
     distillation): for each binary layer call in graph order, the BatchNorm after it
     (:func:`batchnorm_after`), or the layer itself when no BatchNorm follows. A model that is not a
     GraphModule gives its binary layers' names."""
+    return list(feature_orientations(model))
+
+
+def feature_orientations(model: nn.Module) -> Dict[str, int]:
+    """:func:`feature_maps` with the orientation channels per channel each one carries: the layer's
+    ``feature_orientations`` (K for CBCN's layout "widen", whose maps are K times as wide as the
+    float model's; 1 otherwise)."""
     if not isinstance(model, fx.GraphModule):
-        return [name for name, module in model.named_modules() if isinstance(module, BinaryLayer)]
-    names = []
+        return {name: module.feature_orientations for name, module in model.named_modules()
+                if isinstance(module, BinaryLayer)}
+    found = {}
     for node in binary_layer_nodes(model):
         bn = batchnorm_after(model, node)
-        names.append(bn.target if bn is not None else node.target)
-    return names
+        found[bn.target if bn is not None else node.target] = model.get_submodule(node.target).feature_orientations
+    return found

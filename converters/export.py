@@ -7,8 +7,9 @@ Three steps:
    signs, multiplier and bias (packed once, here). The BatchNorm after a binary conv (the one
    ``convert`` tagged, :mod:`binarize.tags`; in a hand-built model the conv's only consumer, the rule of
    :mod:`binarize.matchers`), if it is a BatchNorm2d with running statistics, is folded into the
-   multiplier and bias. CBCN's layers keep it: their conv output is max-reduced over orientations
-   first, and a BatchNorm with a negative scale does not commute with a max. The Hardtanh ``convert``
+   multiplier and bias. Layers with ``orientations > 1`` (CBCN's layout "max") keep it: their conv
+   output is max-reduced over orientations first, and a BatchNorm with a negative scale does not
+   commute with a max (a K-wide layer's outputs are ordinary output channels: it folds). The Hardtanh ``convert``
    put in front of binary layers is dropped where it only feeds them (they read only its sign, which
    it preserves, and keeps sign(x - t) for an input threshold t in (min_val, max_val]); in a
    hand-built model, every such Hardtanh. Given the example input, each Add of a packed layer's

@@ -18,6 +18,7 @@ from torch import nn
 
 from .. import tags
 from ..convert import extra_losses
+from ..orientations import pool_orientations
 from .distributed import all_reduce_sum, average_gradients, broadcast_from_main
 
 # ------------------------------------------------------------------------------- loss functions
@@ -187,7 +188,9 @@ class AdversarialFeatures(Term):
     """RBCN's adversarial feature distillation (eqs. 2 and 4, algorithm 1): one discriminator per
     feature map, teacher maps "real", student maps "fake". Every step the discriminators take one
     step of their own Adam on ``-[log D(R) + log(1 - D(T))]``, then the student gets
-    ``lambda2 / 2 * ||1 - D(T)||^2`` (times the epoch's loss-weight decay)."""
+    ``lambda2 / 2 * ||1 - D(T)||^2`` (times the epoch's loss-weight decay). A student map that carries
+    K orientation channels per channel (:func:`binarize.tags.feature_orientations`: CBCN's layout
+    "widen") is compared after the max over its orientations, the pooling its classifier also sees."""
 
     needs_teacher = True
 
@@ -196,6 +199,7 @@ class AdversarialFeatures(Term):
         self.names, self.weight, self.lr, self.reduction = list(names), weight, lr, reduction
         self.discriminators = nn.ModuleDict()
         self.student_taps = FeatureTaps(student, self.names)
+        self.orientations = tags.feature_orientations(student)
         self.teacher_taps = FeatureTaps(teacher, self.names)
         self.optimizer: Optional[torch.optim.Optimizer] = None
 
@@ -209,6 +213,11 @@ class AdversarialFeatures(Term):
         self.discriminators.to(device)
         # every rank starts from rank 0's discriminators, as DDP does for the student
         broadcast_from_main(list(self.discriminators.parameters()) + list(self.discriminators.buffers()))
+
+    def take_student(self) -> Dict[str, torch.Tensor]:
+        """The student's tapped maps, each with as many channels as the teacher's."""
+        return {name: pool_orientations(value, self.orientations[name]) if self.orientations.get(name, 1) > 1
+                else value for name, value in self.student_taps.take().items()}
 
     def discriminator(self, feature: str) -> nn.Module:
         return self.discriminators[discriminator_key(feature)]
@@ -228,7 +237,7 @@ class AdversarialFeatures(Term):
         return float(loss.detach())
 
     def losses(self, batch):
-        real, fake = self.teacher_taps.take(), self.student_taps.take()
+        real, fake = self.teacher_taps.take(), self.take_student()
         batch.reports["disc"] = self.discriminator_step(real, fake)
         self.discriminators.requires_grad_(False)  # the student's term must not train D
         loss = self.weight * batch.decay * sum(adversarial_loss(self.discriminator(n)(fake[n]), self.reduction)
@@ -341,7 +350,7 @@ def build_objective(config, student: nn.Module, teacher: Optional[nn.Module], sa
             student.train(was_training)
             if adversarial is not None:
                 teacher(sample)
-                adversarial.build(adversarial.student_taps.take(), adversarial.teacher_taps.take(),
+                adversarial.build(adversarial.take_student(), adversarial.teacher_taps.take(),
                                   config.gan_pool, config.gan_hidden, device)
             if center is not None:
                 center.build(center.taps.take(), device)

@@ -20,6 +20,8 @@ from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLayer, BinaryLinear
 
 if TYPE_CHECKING:  # the trainer imports this package, not the other way round
+    import torch.fx as fx
+
     from ..finetune.config import FinetuneConfig
 
 
@@ -103,6 +105,11 @@ class Method(TrainingPolicy):
     config: Type[ConvertConfig]
     conv: Type[BinaryConv2d]
     linear: Type[BinaryLinear]
+
+    def rewrite_graph(self, gm: "fx.GraphModule", binary: List[str], config: ConvertConfig) -> None:
+        """The method's own step of :func:`binarize.convert`, run on the graph after its layers
+        (``binary``, module names) are swapped in; by default none (CBCN's layout "widen" widens the
+        feature maps around them)."""
 
 
 METHODS: Dict[str, Method] = {}

@@ -8,7 +8,7 @@ Writes ``benchmarks/report/``: ``REPORT.md``, PNG plots (when matplotlib is inst
 ``pip install binarize[report]``; otherwise the plots are skipped with a message) and the raw
 results as CSV/JSON. Training runs are cached one JSON file per run under
 ``--cache``/<recipe> (default ``runs/report``, ``runs/report-smoke`` for --smoke), so an interrupted
-report resumes and a changed recipe (--student-epochs, --student-lr, ...) retrains; delete the
+report resumes and a changed recipe (--student-epochs, --teacher-epochs, or new library defaults) retrains; delete the
 folder to retrain. Nothing is downloaded: the data is the bundled MNIST-5k.
 """
 from __future__ import annotations
@@ -64,9 +64,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--teacher-epochs", type=int, default=recipe.teacher_epochs,
                         help=f"float teacher epochs (default {recipe.teacher_epochs})")
     parser.add_argument("--student-epochs", type=int, default=recipe.student_epochs,
-                        help=f"student epochs in total (default {recipe.student_epochs})")
-    parser.add_argument("--student-lr", type=float, default=recipe.student_lr,
-                        help=f"student SGD learning rate (default {recipe.student_lr:g})")
+                        help=f"FinetuneConfig(epochs=...) of the students, every other field at its default "
+                             f"(the two-step schedule runs twice as many in all; default {recipe.student_epochs})")
     return parser.parse_args(argv)
 
 
@@ -165,13 +164,15 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"Nets: `lenet` = CBCN's MNIST LeNet (four 3x3 convs 10-20-40-80 with BN, max-pool, ReLU; "
              f"32x32 input), `resnet8` = `binarize.models.resnet_small(blocks=(1, 1, 1))` (16-32-64, 28x28). "
              f"Recipe: float teacher Adam lr {recipe.teacher_lr:g}, {recipe.teacher_epochs} epochs; each "
-             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher, SGD "
-             f"lr {recipe.student_lr:g} (cosine), {recipe.student_epochs} epoch(s) in total (BiPer: 1 in "
-             f"stage 1, the rest in stage 2), batch {acc.BATCH_SIZE}"
+             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher with "
+             f"`FinetuneConfig(epochs={recipe.student_epochs})`, every other field at its default (version "
+             f"{acc.FinetuneConfig.version}): Adam, cosine decay, no weight decay, the two-step schedule "
+             f"({recipe.student_epochs} epochs of binary activations with real weights, then {recipe.student_epochs} "
+             f"binary; {2 * recipe.student_epochs} in all), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
-             + "; default objective CE + KD (T = 4) + one discriminator per binary layer (gan_weight 0.01) "
-               "+ the method's own losses (RBCN kernel loss and BN refresh, CBCN center loss). First conv, "
-               "1x1 shortcuts and classifier stay float (the converter's defaults).", ""]
+             + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
+               "refresh; CBCN: center loss). Conversion defaults: RSign thresholds and RPReLU on every binary "
+               "layer; first conv, 1x1 shortcuts and classifier stay float.", ""]
     rows = [[label] + [str(cells[(n, d, label)]) if (n, d, label) in cells else "-" for n, d in settings]
             for label in labels]
     lines += markdown_table(["method"] + [f"{n}, {d}" for n, d in settings], rows)
@@ -451,8 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     if args.smoke:
         grid = acc.SMOKE_GRID
     else:
-        recipe = acc.Recipe(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                            student_lr=args.student_lr)
+        recipe = acc.Recipe(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
         grid = dataclasses.replace(acc.FULL_GRID, recipe=recipe, seeds=tuple(range(args.seeds)))
     cache = acc.recipe_cache(args.cache or REPOSITORY / "runs" / ("report-smoke" if args.smoke else "report"), grid)
     out = args.out

@@ -23,7 +23,9 @@ from torch import nn
 import binarize
 from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
+from binarize.config import ConvertConfig
 from binarize.finetune import FinetuneConfig, finetune
+from binarize.finetune.config import VERSION_2_DEFAULTS
 from binarize.models import resnet_small
 
 DATASETS = ("mnist5k", "mnist5k-rot")
@@ -69,7 +71,7 @@ class Variant:
 
 
 FLOAT = Variant("float", "float")
-#: The method list, each with its defaults (double skips on for all but xnor, KD + discriminators on).
+#: The method list, each with its defaults.
 METHODS = (
     Variant("xnor", "xnor"),
     Variant("bireal", "bireal"),
@@ -97,22 +99,51 @@ ABLATIONS = (
 )
 
 
+#: One lever of the default recipe changed back (or a left-out one added); (variant, the METHODS label).
+#: ``epochs`` 8 where the two-step schedule is off: the same 8 epochs in one binary stage.
+LEVERS = (
+    (Variant("xnor -two step", "xnor", {}, {"two_step": False, "epochs": 8}), "xnor"),
+    (Variant("bireal -two step", "bireal", {}, {"two_step": False, "epochs": 8}), "bireal"),
+    (Variant("xnor -RSign", "xnor", {"input_threshold": False}), "xnor"),
+    (Variant("bireal -RSign", "bireal", {"input_threshold": False}), "bireal"),
+    (Variant("xnor -RPReLU", "xnor", {"rprelu": False}), "xnor"),
+    (Variant("bireal -RPReLU", "bireal", {"rprelu": False}), "bireal"),
+    (Variant("xnor SGD", "xnor", {}, {k: VERSION_2_DEFAULTS[k] for k in ("optimizer", "lr", "stage1_lr")}), "xnor"),
+    (Variant("xnor +weight decay", "xnor", {}, {"weight_decay": 1e-4}), "xnor"),
+    (Variant("xnor -KD", "xnor", {}, {"kd_weight": 0.0}), "xnor"),
+    (Variant("bireal +GAN", "bireal", {}, {"gan_weight": 0.01}), "bireal"),
+    (Variant("xnor +BN refresh", "xnor", {}, {"bn_refresh": True}), "xnor"),
+)
+#: ABLATIONS rows that the version-3 defaults made identical to a default (the GAN is off by default for
+#: bireal and CBCN): left out of the full grid.
+SUPERSEDED = ("bireal -GAN", "cbcn K=4 -GAN")
+#: Version 2's defaults (FinetuneConfig version 2, no RSign, no RPReLU), 8 binary epochs: the "before" rows.
+BEFORE = tuple(
+    (Variant(f"{v.label} v2 recipe", v.method, {**v.convert, "input_threshold": False, "rprelu": False},
+             {**VERSION_2_DEFAULTS, **({"stage1_epochs": 4, "epochs": 4} if v.method == "biper" else {"epochs": 8})}),
+     v.label)
+    for v in METHODS if v.label in ("xnor", "bireal", "biper w0=20", "cbcn K=4", "rbcn"))
+#: METHODS rows left out of the full grid to fit its time (their choices are compared in earlier reports).
+SLOW = ("biper auto", "cbcn K=1", "cbcn K=2")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Training lengths. The full report's are chosen so that the whole grid fits in about half an
-    hour on two shared cores while every binary net clearly learns (see REPORT.md for the numbers)."""
+    """Training lengths. Students use ``FinetuneConfig(epochs=student_epochs)`` with every other
+    field at its default: the two-step schedule then runs ``student_epochs`` epochs of stage 1 and as
+    many binary ones (``2 * student_epochs`` in all). The full report's lengths are chosen so that
+    the whole grid fits in about half an hour on two cores (see REPORT.md for the numbers)."""
 
     teacher_epochs: int = 4
-    student_epochs: int = 3  # total: BiPer splits them into 1 stage-1 + the rest stage-2 epochs
+    student_epochs: int = 4
     steps_per_epoch: Optional[int] = None
     teacher_lr: float = 3e-3  # Adam
-    student_lr: float = 0.02  # SGD, momentum 0.9, cosine; BiPer's stage 1 too
 
     def tag(self) -> str:
-        """Names the cache folder, so that runs of different recipes never mix."""
+        """Names the cache folder, so that runs of different recipes (or library defaults) never mix."""
         steps = f"-steps{self.steps_per_epoch}" if self.steps_per_epoch else ""
-        return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_"
-                f"student{self.student_epochs}ep-lr{self.student_lr:g}{steps}")
+        return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_student{self.student_epochs}ep-defaults"
+                f"-finetune{FinetuneConfig.version}-convert{ConvertConfig.version}{steps}")
 
 
 @dataclass(frozen=True)
@@ -133,7 +164,9 @@ class Grid:
         return main + extra
 
 
-FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2), methods=METHODS, ablations=ABLATIONS,
+FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),
+                 methods=tuple(v for v in METHODS if v.label not in SLOW),
+                 ablations=LEVERS + BEFORE + tuple(a for a in ABLATIONS if a[0].label not in SUPERSEDED),
                  ablation_net="lenet", ablation_data="mnist5k-rot", recipe=Recipe())
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
@@ -196,11 +229,8 @@ def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int,
     teacher = load_teacher(cache, net, data, seed)
     torch.manual_seed(seed)
     student = binarize.convert(teacher, variant.method, **variant.convert)
-    schedule = dict(optimizer="sgd", lr=recipe.student_lr, epochs=recipe.student_epochs, warmup_epochs=0.2)
-    if variant.method == "biper":  # same total epochs: one in stage 1 (real-valued sin weights)
-        schedule.update(stage1_epochs=1, stage1_lr=recipe.student_lr, epochs=max(1, recipe.student_epochs - 1))
-    config = FinetuneConfig(**schedule, **variant.finetune, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
-                            progress=False)
+    options = {"epochs": recipe.student_epochs, **variant.finetune}
+    config = FinetuneConfig(**options, steps_per_epoch=recipe.steps_per_epoch, seed=seed, progress=False)
     start = time.time()
     student, history = finetune(student, teacher, train_loader, test_loader, config)
     final = history.epochs[-1]

@@ -54,6 +54,8 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
         passes.add_double_skips(gm, plan.binary, config.shortcut)
     passes.rewrite_sign_inputs(gm, plan.binary, config.activation)
     passes.swap_binary_layers(gm, plan.binary, spec, config)
+    if config.rprelu:
+        passes.add_rprelus(gm, plan.binary)
     gm.recompile()
     attributes = {"binarize_plan": plan, "binarize_config": config}
     # GraphModule.__deepcopy__ rebuilds the module from its graph and drops plain attributes;

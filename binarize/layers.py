@@ -38,12 +38,43 @@ def mean_abs_per_channel(w: torch.Tensor) -> torch.Tensor:
     return w.abs().flatten(1).mean(1)
 
 
+class _OptionalParameter:
+    """A parameter slot that reads None on the class and on layers without it. nn.Module keeps
+    parameters in ``_parameters``; a plain class attribute would shadow them (and make
+    ``register_parameter`` refuse the name), so this data descriptor reads from there."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, layer, owner=None):
+        return None if layer is None else layer._parameters.get(self.name)
+
+    def __set__(self, layer, value):
+        if value is not None and not isinstance(value, nn.Parameter):
+            raise TypeError(f"{self.name} must be an nn.Parameter or None, not {type(value).__name__}")
+        layer._parameters[self.name] = value
+
+
 class BinaryLayer:
     """Behaviour shared by :class:`BinaryConv2d` and :class:`BinaryLinear`."""
 
     config: ConvertConfig
     #: Packed output channels per logical output channel (CBCN's K); the runtime takes a max over them.
     orientations: int = 1
+    #: ReActNet's RSign: one learnable threshold per input channel, subtracted before the sign
+    #: (``config.input_threshold``); None: the sign is taken at 0.
+    input_threshold = _OptionalParameter()
+    #: Stage 1 of the two-step schedule (``FinetuneConfig.two_step``): binary activations with the
+    #: real-valued latent weights; the trainer sets it (plain attribute, not saved: each epoch's start
+    #: sets it again, also on resume). The weight estimator is then the identity, so every method's
+    #: scaling (and CBCN's circulant copies) applies unchanged to the real weights.
+    real_weights: bool = False
+
+    def __setattr__(self, name, value):
+        if name == "input_threshold":  # nn.Module.__setattr__ would refuse a name the class defines
+            vars(BinaryLayer)[name].__set__(self, value)
+        else:
+            super().__setattr__(name, value)
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError
@@ -59,10 +90,21 @@ class BinaryLayer:
         return {}
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The binary input: the method's estimator of ``x - input_threshold`` (broadcast over dim 1)."""
+        threshold = self.input_threshold
+        if threshold is not None:
+            x = x - threshold.reshape(-1, *([1] * (x.dim() - 2)))
         name = self.config.activation_estimator
         return get_estimator(name)(x, **self.config.estimator_kwargs(name))
 
+    def _init_input_threshold(self, channels: int) -> None:
+        if self.config.input_threshold:
+            self.input_threshold = nn.Parameter(torch.zeros(channels, dtype=self.weight.dtype,
+                                                            device=self.weight.device))
+
     def weight_estimator(self, w: torch.Tensor, **params) -> torch.Tensor:
+        if self.real_weights:
+            return w
         name = self.config.weight_estimator
         return get_estimator(name)(w, **self.config.estimator_kwargs(name), **params)
 
@@ -87,6 +129,7 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
         self.config = config
         self._copy_from(conv)
         self._init_method_state()
+        self._init_input_threshold(conv.in_channels)
 
     def conv(self, x_binary: torch.Tensor, weight: torch.Tensor,
              bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -105,6 +148,27 @@ class BinaryLinear(BinaryLayer, nn.Linear):
         self.config = config
         self._copy_from(linear)
         self._init_method_state()
+        self._init_input_threshold(linear.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.binarize_input(x), self.binarized_weight(), self.bias)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU, put after a binary conv's BatchNorm (``config.rprelu``): per channel c,
+    ``y = PReLU_c(x - shift_in_c) + shift_out_c``. It starts as the identity (slopes 1, shifts 0), so
+    conversion does not change what the network computes; training learns where each channel bends.
+    Standard ONNX ops (Sub, PRelu, Add)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.ones(channels))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return F.prelu(x - self.shift_in.reshape(shape), self.slope) + self.shift_out.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.slope.numel()}"

@@ -13,6 +13,7 @@ role                      node
 ``"moved_relu"``          a ReLU moved behind max-pooling/flatten for the float consumers
 ``"double_skip"``         a new shortcut branch (Bi-Real's AvgPool + 1x1 conv + BN, or parameter-free)
 ``"double_skip_add"``     the addition of a double skip
+``"rprelu"``              the RPReLU after a binary layer's BatchNorm (``rprelu=True``)
 ========================  ======================================================================
 
 The tags live in ``node.meta``, which ``GraphModule.recompile()`` and ``copy.deepcopy`` keep. They do
@@ -33,7 +34,7 @@ from . import matchers
 from .layers import BinaryLayer
 
 KEY = "binarize"
-ROLES = ("binary_layer", "sign_input", "sign_input_copy", "moved_relu", "double_skip", "double_skip_add")
+ROLES = ("binary_layer", "sign_input", "sign_input_copy", "moved_relu", "double_skip", "double_skip_add", "rprelu")
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ def _foldable_batchnorm(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
 
 
 def _export_weight(name: str, layer: BinaryLayer) -> Tuple[torch.Tensor, torch.Tensor]:
+    if layer.real_weights:
+        raise ValueError(f"export: binary layer '{name}' is in stage 1 of the two-step schedule (real-valued "
+                         f"weights, real_weights=True); finish fine-tuning (stage 2) or set real_weights=False")
     try:
         signs, multiplier = layer.export_weight()
     except Exception as err:
@@ -138,6 +141,30 @@ def _packed_linear(name: str, layer: BinaryLinear) -> PackedBinaryLinear:
     return PackedBinaryLinear(name, signs, multiplier, _bias(layer, layer.out_features))
 
 
+class InputShift(nn.Module):
+    """``x - threshold`` over the channel axis: an RSign threshold (``BinaryLayer.input_threshold``)
+    exported as a standard Sub in front of the binary op, which then takes the sign at 0 as in
+    version 1 (exact: the layer computes the same subtraction before its sign)."""
+
+    def __init__(self, threshold: torch.Tensor):
+        super().__init__()
+        self.register_buffer("threshold", threshold.detach().cpu().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.threshold.reshape(-1, *([1] * (x.dim() - 2)))
+
+
+def _shift_input(gm: fx.GraphModule, node: fx.Node, layer: BinaryLayer) -> None:
+    """Insert the layer's :class:`InputShift` in front of ``node`` when it has a threshold."""
+    if layer.input_threshold is None:
+        return
+    name = node.target.replace(".", "_") + "_input_shift"
+    gm.add_submodule(name, InputShift(layer.input_threshold))
+    with gm.graph.inserting_before(node):
+        shifted = gm.graph.call_module(name, (node.args[0],))
+    node.replace_input_with(node.args[0], shifted)
+
+
 def _replace_module(gm: fx.GraphModule, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(gm.get_submodule(parent) if parent else gm, child, module)
@@ -147,12 +174,23 @@ def _drop_sign_preserving_clips(gm: fx.GraphModule) -> None:
     """Remove a sign-input activation (:func:`binarize.tags.is_sign_input`: in a converted model the
     Hardtanh convert put there) whose every consumer is a packed binary layer: the layer only reads
     the sign of its input, and Hardtanh(-a, b) with a, b > 0 keeps every sign (sign(0) = +1), so the
-    Clip would be computed for nothing at run time."""
+    Clip would be computed for nothing at run time. Also behind an RSign threshold t (an
+    :class:`InputShift`) when every t lies in (-a, b], where the clip keeps the sign of x - t."""
     packed = (PackedBinaryConv2d, PackedBinaryLinear)
     tagged = is_tagged(gm.graph)
+
+    def only_signs_read(user: fx.Node, clip: nn.Module) -> bool:
+        module = module_of(gm, user)
+        if isinstance(module, packed):
+            return True
+        # sign(clip(x) - t) == sign(x - t) for every x exactly when min_val < t <= max_val
+        return (isinstance(module, InputShift) and isinstance(clip, nn.Hardtanh) and bool(user.users)
+                and all(isinstance(module_of(gm, u), packed) for u in user.users)
+                and bool(((module.threshold > clip.min_val) & (module.threshold <= clip.max_val)).all()))
+
     for node in list(gm.graph.nodes):
         if (node.op == "call_module" and is_sign_input(gm, node, tagged) and preserves_sign(module_of(gm, node))
-                and node.users and all(isinstance(module_of(gm, user), packed) for user in node.users)):
+                and node.users and all(only_signs_read(user, module_of(gm, node)) for user in node.users)):
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
 
@@ -169,6 +207,7 @@ def prepare(model: nn.Module) -> fx.GraphModule:
         if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), BinaryLayer):
             continue
         name, layer = node.target, gm.get_submodule(node.target)
+        _shift_input(gm, node, layer)
         if isinstance(layer, BinaryLinear):
             _replace_module(gm, name, _packed_linear(name, layer))
             continue
@@ -181,6 +220,11 @@ def prepare(model: nn.Module) -> fx.GraphModule:
             gm.graph.erase_node(bn_node)
     # Binary layers inside modules torch.fx did not trace into (leaf_modules) are swapped unfolded.
     for name, layer in list(gm.named_modules()):
+        if isinstance(layer, BinaryLayer) and layer.input_threshold is not None:
+            raise ValueError(f"export: binary layer '{name}' sits inside a module torch.fx did not trace "
+                             f"into (leaf_modules) and has an input threshold (input_threshold=True), which "
+                             f"BinaryConv2d/BinaryLinear version 1 cannot apply: convert with "
+                             f"input_threshold=False, or trace through that module")
         if isinstance(layer, BinaryConv2d):
             _replace_module(gm, name, _packed_conv(name, layer, None))
         elif isinstance(layer, BinaryLinear):

@@ -59,13 +59,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="tiny version: 1 seed, LeNet on MNIST-rot, xnor and bireal, a few batches; "
                              "no kernel or ONNX timings")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="train nothing: report the runs already in the cache (missing cells read '-'; the "
+                             "environment table counts them)")
     recipe = acc.Recipe()
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3; --smoke: 1)")
     parser.add_argument("--teacher-epochs", type=int, default=recipe.teacher_epochs,
                         help=f"float teacher epochs (default {recipe.teacher_epochs})")
     parser.add_argument("--student-epochs", type=int, default=recipe.student_epochs,
-                        help=f"FinetuneConfig(epochs=...) of the students, every other field at its default "
-                             f"(the two-step schedule runs twice as many in all; default {recipe.student_epochs})")
+                        help=f"epochs of every student in all, every stage together (FinetuneConfig(epochs=...), "
+                             f"every other field at its default; default {recipe.student_epochs})")
     return parser.parse_args(argv)
 
 
@@ -164,11 +167,10 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"Nets: `lenet` = CBCN's MNIST LeNet (four 3x3 convs 10-20-40-80 with BN, max-pool, ReLU; "
              f"32x32 input), `resnet8` = `binarize.models.resnet_small(blocks=(1, 1, 1))` (16-32-64, 28x28). "
              f"Recipe: float teacher Adam lr {recipe.teacher_lr:g}, {recipe.teacher_epochs} epochs; each "
-             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher with "
-             f"`FinetuneConfig(epochs={recipe.student_epochs})`, every other field at its default (version "
-             f"{acc.FinetuneConfig.version}): Adam, cosine decay, no weight decay, the two-step schedule "
-             f"({recipe.student_epochs} epochs of binary activations with real weights, then {recipe.student_epochs} "
-             f"binary; {2 * recipe.student_epochs} in all), batch {acc.BATCH_SIZE}"
+             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher for "
+             f"{recipe.student_epochs} epochs in all: `FinetuneConfig(epochs=...)` with every other field at its "
+             f"default (version {acc.FinetuneConfig.version}: Adam lr 2e-3, cosine decay, no weight decay; BiPer "
+             f"`epochs={recipe.student_epochs // 2}`, its stage 1 as long), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
              + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
                "refresh; CBCN: center loss). Conversion defaults: RSign thresholds and RPReLU on every binary "
@@ -461,10 +463,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     env = environment(command)
 
     print(f"section 1: {len(grid.jobs())} student runs + teachers, {args.workers} processes (cache {cache})")
-    results = acc.run_grid(grid, cache, args.workers)
+    results = acc.run_grid(grid, cache, args.workers, from_cache=args.from_cache)
     torch.set_num_threads(1)
     qe_data = grid.datasets[0]
-    teachers = {net: acc.load_teacher(cache, net, qe_data, grid.seeds[0]) for net in grid.nets}
+    teachers = {net: acc.load_teacher(cache, net, qe_data, grid.seeds[0]) for net in grid.nets
+                if acc.teacher_path(cache, net, qe_data, grid.seeds[0]).is_file()}
     sections = accuracy_section(grid, results, out, plots)
     print("section 2: quantization error")
     sections += qe_section(teachers, args.smoke, out, plots)
@@ -475,6 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                                                         f"the cache)" if cached else "")
     env["training runs"] = (f"{len(results)} runs, {sum(r['train_s'] for r in results) / 60:.0f} min of process "
                             f"time (whenever they ran) over {args.workers} one-thread processes")
+    expected = len(grid.jobs()) + len({(n, d, s) for n, d, _, s in grid.jobs()})
+    if len(results) < expected:
+        env["training runs"] += f"; {expected - len(results)} of the grid's {expected} runs missing (--from-cache)"
     ckpt.atomic_write_text(json.dumps(env, indent=1), out / "environment.json")
     head = ["# binarize evidence report" + (" (smoke)" if args.smoke else ""), "",
             "Regenerate with (from the repository root):", "", f"    {command}", ""]

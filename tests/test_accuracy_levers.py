@@ -35,6 +35,7 @@ def randomize(model):
         for module in model.modules():
             if isinstance(module, BinaryLayer) and module.input_threshold is not None:
                 module.input_threshold.normal_(0, 0.3)
+                module.input_threshold[0] = 1.5  # beyond the Hardtanh's range: its Clip must stay
             if isinstance(module, RPReLU):
                 module.shift_in.normal_(0, 0.3)
                 module.shift_out.normal_(0, 0.3)
@@ -186,13 +187,14 @@ def test_stage_1_uses_the_real_weights_through_the_methods_own_scaling(method):
 def test_two_step_phases_for_every_one_stage_method_and_none_for_float():
     bnn = binarize.convert(lenet(), "xnor")
     policy = get_method("xnor")
-    phases = policy.training_phases(bnn, FinetuneConfig(epochs=3, lr=0.01, stage1_lr=0.1))
+    phases = policy.training_phases(bnn, FinetuneConfig(epochs=3, lr=0.01, stage1_lr=0.1, two_step=True))
     assert [(p.name, p.epochs, p.lr, p.stage) for p in phases] == [("stage 1", 3, 0.1, 1), ("stage 2", 3, 0.01, 2)]
-    assert [p.epochs for p in policy.training_phases(bnn, FinetuneConfig(epochs=5, stage1_epochs=2))] == [2, 5]
-    assert [p.stage for p in policy.training_phases(bnn, FinetuneConfig(epochs=5, stage1_epochs=0))] == [2]
-    assert [p.stage for p in policy.training_phases(bnn, FinetuneConfig(epochs=5, two_step=False))] == [None]
+    two_step = dict(two_step=True, epochs=5)
+    assert [p.epochs for p in policy.training_phases(bnn, FinetuneConfig(stage1_epochs=2, **two_step))] == [2, 5]
+    assert [p.stage for p in policy.training_phases(bnn, FinetuneConfig(stage1_epochs=0, **two_step))] == [2]
+    assert [p.stage for p in policy.training_phases(bnn, FinetuneConfig(epochs=5))] == [None]  # the default
     float_policy = binarize.methods.training_policy(lenet())
-    assert [p.epochs for p in float_policy.training_phases(lenet(), FinetuneConfig(epochs=4))] == [4]
+    assert [p.epochs for p in float_policy.training_phases(lenet(), FinetuneConfig(epochs=4, two_step=True))] == [4]
     with pytest.raises(ValueError, match="stage1_epochs=1 needs a binary student and two_step=True"):
         policy.training_phases(bnn, FinetuneConfig(stage1_epochs=1, two_step=False))
 
@@ -206,7 +208,7 @@ def test_finetune_trains_real_weights_first_then_binary(one_thread):
     layers = [m for m in bnn.modules() if isinstance(m, BinaryLayer)]
     layers[0].register_forward_pre_hook(lambda module, args: seen.append(module.real_weights) if module.training else None)
     train, val, _ = make_loaders("mnist5k", batch_size=16, image_size=16)
-    student, history = finetune(bnn, teacher, train, val, FinetuneConfig(epochs=1, stage1_epochs=1, steps_per_epoch=2,
+    student, history = finetune(bnn, teacher, train, val, FinetuneConfig(epochs=1, two_step=True, steps_per_epoch=2,
                                                                          progress=False, evaluate_initial=False))
     assert [row["phase"] for row in history.epochs] == ["stage 1", "stage 2"]
     assert seen[:2] == [True, True] and seen[-1] is False

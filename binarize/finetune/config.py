@@ -24,9 +24,10 @@ class FinetuneConfig(VersionedConfig):
     lr: float = option(2e-3, "its initial learning rate (Adam; the papers, with SGD: CBCN 0.01, BiPer stage 2 "
                              "0.01, RBCN gives none)")
     two_step: bool = option(
-        True, "train every binary student in two steps (Martinez et al. 2020, ReActNet): stage 1 with binary "
-              "activations and real-valued weights, then stage 2 with binary weights (BiPer has its own stages "
-              "and always trains them); False: one binary stage")
+        False, "train every binary student in two steps (Martinez et al. 2020, ReActNet): stage 1 with binary "
+               "activations and real-valued weights, then stage 2 with binary weights (BiPer has its own stages "
+               "and always trains them); off by default: in a budget of 8 epochs one binary stage was more "
+               "accurate (benchmarks/RESULTS.md)")
     stage1_epochs: Optional[int] = option(
         None, "epochs of stage 1 (BiPer: real-valued sin(omega w) weights; two_step: the latent weights); "
               "None: as many as epochs (BiPer: if the student is in stage 1, else 0)")

@@ -151,6 +151,9 @@ class Grid:
     ablation_net: str
     ablation_data: str
     recipe: Recipe
+    #: The first ``full_rows`` ablations (the "before" rows) run every seed early; the others run their
+    #: first two seeds early and the rest last.
+    full_rows: int = 0
 
     def jobs(self) -> List[Tuple[str, str, Variant, int]]:
         """(net, data, variant, seed) of every student run, most wanted first, every seed of a cell
@@ -159,14 +162,18 @@ class Grid:
         first = (self.ablation_net, self.ablation_data)
         settings = [first] + [(n, d) for n in self.nets for d in self.datasets if (n, d) != first]
         main = {(n, d): [(n, d, v, s) for v in self.methods for s in self.seeds] for n, d in settings}
-        ablations = [first + (v, s) for v, _ in self.ablations for s in self.seeds]
-        return main[first] + ablations + [job for setting in settings[1:] for job in main[setting]]
+        full, rest = self.ablations[:self.full_rows], self.ablations[self.full_rows:]
+        before = [first + (v, s) for v, _ in full for s in self.seeds]
+        early = [first + (v, s) for v, _ in rest for s in self.seeds[:2]]
+        late = [first + (v, s) for v, _ in rest for s in self.seeds[2:]]
+        ordered = main[first] + before + main[settings[1]] + early if len(settings) > 1 else main[first] + before + early
+        return ordered + [job for setting in settings[2:] for job in main[setting]] + late
 
 
 FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),
                  methods=tuple(v for v in METHODS if v.label not in SLOW),
                  ablations=BEFORE + LEVERS + tuple(a for a in ABLATIONS if a[0].label not in LEFT_OUT),
-                 ablation_net="lenet", ablation_data="mnist5k", recipe=Recipe())
+                 ablation_net="lenet", ablation_data="mnist5k", recipe=Recipe(), full_rows=len(BEFORE))
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
                   recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
@@ -269,16 +276,18 @@ def run_grid(grid: Grid, cache: Path, workers: int, log=print, from_cache: bool 
         log(f"  from the cache: {len(present)} of {len(files)} runs present, {len(files) - len(present)} missing")
         return [dict(json.loads(f.read_text()), cached=True) for f in present]
     results = []
-    groups: List[List[Tuple[str, str, Variant, int]]] = []  # consecutive jobs of one (net, data): one per setting
+    groups: List[List[Tuple[str, str, Variant, int]]] = []  # consecutive jobs of one (net, data)
     for job in jobs:
         if groups and groups[-1][0][:2] == job[:2]:
             groups[-1].append(job)
         else:
             groups.append([job])
+    trained = set()  # teachers already collected (a setting can come back later in the order)
     # spawn: a forked child would inherit the parent's OpenMP state, which can deadlock torch.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         for group in groups:
-            teachers = sorted({(n, d, s) for n, d, _, s in group})
+            teachers = sorted({(n, d, s) for n, d, _, s in group} - trained)
+            trained.update(teachers)
             results += _collect(pool, [(train_teacher, (cache, n, d, s, grid.recipe)) for n, d, s in teachers], log)
             results += _collect(pool, [(train_student, (cache, n, d, v, s, grid.recipe)) for n, d, v, s in group], log)
     return results

@@ -90,12 +90,18 @@ class BinaryLayer:
         return {}
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The binary input: the method's estimator of ``x - input_threshold`` (broadcast over dim 1)."""
+        """The binary input: the method's estimator of ``x - input_threshold``, the threshold broadcast
+        over the input's channel axis (``threshold_view``)."""
         threshold = self.input_threshold
         if threshold is not None:
-            x = x - threshold.reshape(-1, *([1] * (x.dim() - 2)))
+            x = x - threshold.reshape(self.threshold_view(x.dim()))
         name = self.config.activation_estimator
         return get_estimator(name)(x, **self.config.estimator_kwargs(name))
+
+    def threshold_view(self, dims: int) -> Tuple[int, ...]:
+        """The shape the threshold takes against a ``dims``-dimensional input: the channel axis is 1 for
+        a convolution's (N, C, H, W) input, the last one for a Linear's (N, ..., C)."""
+        return (-1,) + (1,) * (dims - 2) if isinstance(self, nn.Conv2d) else (-1,)
 
     def _init_input_threshold(self, channels: int) -> None:
         if self.config.input_threshold:
@@ -160,15 +166,21 @@ class RPReLU(nn.Module):
     conversion does not change what the network computes; training learns where each channel bends.
     Standard ONNX ops (Sub, PRelu, Add)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, channel_axis: int = 1):
         super().__init__()
         self.shift_in = nn.Parameter(torch.zeros(channels))
         self.slope = nn.Parameter(torch.ones(channels))
         self.shift_out = nn.Parameter(torch.zeros(channels))
+        #: 1 after a convolution (N, C, H, W); -1 after a Linear (N, ..., C)
+        self.channel_axis = channel_axis
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = self.channel_axis != 1 and x.dim() > 2  # PReLU's slopes act on dim 1
+        if moved:
+            x = x.movedim(-1, 1)
         shape = (-1, *([1] * (x.dim() - 2)))
-        return F.prelu(x - self.shift_in.reshape(shape), self.slope) + self.shift_out.reshape(shape)
+        y = F.prelu(x - self.shift_in.reshape(shape), self.slope) + self.shift_out.reshape(shape)
+        return y.movedim(1, -1) if moved else y
 
     def extra_repr(self) -> str:
         return f"{self.slope.numel()}"

@@ -461,10 +461,11 @@ def add_rprelus(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
         if node.op != "call_module" or node.target not in binary_set:
             continue
         layer = gm.get_submodule(node.target)
-        channels = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        conv = isinstance(layer, nn.Conv2d)
+        channels, axis = (layer.out_channels, 1) if conv else (layer.out_features, -1)
         out = following_batchnorm(gm, node) or node
         name = node.target.replace(".", "_") + "_rprelu"
-        gm.add_submodule(name, RPReLU(channels).to(layer.weight.device))
+        gm.add_submodule(name, RPReLU(channels, axis).to(layer.weight.device))
         added.append(name)
         with gm.graph.inserting_after(out):
             new = tag(gm.graph.call_module(name, (out,)), "rprelu")

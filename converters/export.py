@@ -146,20 +146,23 @@ class InputShift(nn.Module):
     exported as a standard Sub in front of the binary op, which then takes the sign at 0 as in
     version 1 (exact: the layer computes the same subtraction before its sign)."""
 
-    def __init__(self, threshold: torch.Tensor):
+    def __init__(self, threshold: torch.Tensor, layer: BinaryLayer):
         super().__init__()
         self.register_buffer("threshold", threshold.detach().cpu().float().clone())
+        self.channel_axis_first = isinstance(layer, nn.Conv2d)  # (N, C, H, W); a Linear's is the last
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.threshold.reshape(-1, *([1] * (x.dim() - 2)))
+        view = (-1,) + (1,) * (x.dim() - 2) if self.channel_axis_first else (-1,)
+        return x - self.threshold.reshape(view)
 
 
 def _shift_input(gm: fx.GraphModule, node: fx.Node, layer: BinaryLayer) -> None:
-    """Insert the layer's :class:`InputShift` in front of ``node`` when it has a threshold."""
-    if layer.input_threshold is None:
+    """Insert the layer's :class:`InputShift` in front of ``node`` when it has a threshold that is not
+    all zeros (x - 0 is x: a fresh conversion exports exactly as before)."""
+    if layer.input_threshold is None or not bool(layer.input_threshold.detach().any()):
         return
     name = node.target.replace(".", "_") + "_input_shift"
-    gm.add_submodule(name, InputShift(layer.input_threshold))
+    gm.add_submodule(name, InputShift(layer.input_threshold, layer))
     with gm.graph.inserting_before(node):
         shifted = gm.graph.call_module(name, (node.args[0],))
     node.replace_input_with(node.args[0], shifted)

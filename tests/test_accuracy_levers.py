@@ -251,3 +251,33 @@ def test_convert_config_version_2_data_builds_no_thresholds_or_rprelu():
     rebuilt = ckpt.config_from_data({"method": "bireal", "options": dict(version_2, version=2)})
     assert (rebuilt.input_threshold, rebuilt.rprelu) == (False, False)
     assert dataclasses.replace(rebuilt, input_threshold=True, rprelu=True) == config
+
+
+def test_a_linear_layers_threshold_is_on_its_feature_axis_and_exports(tmp_path):
+    """A binary Linear reading (N, tokens, features) shifts each feature (the last axis), as its
+    packing does. Mutation caught: the threshold broadcast over dim 1 for Linear layers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    bnn = binarize.convert(model, "xnor", binarize_linear=True).eval()
+    layer = next(m for m in bnn.modules() if isinstance(m, BinaryLayer) and m.in_features == 5)
+    with torch.no_grad():
+        layer.input_threshold.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0, -0.4]))
+    hidden = torch.randn(2, 7, 5)
+    assert torch.equal(layer.binarize_input(hidden), binary_sign(hidden - layer.input_threshold))
+    x = torch.randn(2, 7, 6)
+    session = binarize.runtime.session(binarize.export(bnn, tmp_path / "m.onnx", x))
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        expected = bnn(x).numpy()
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+
+
+def test_zero_thresholds_export_no_sub(tmp_path):
+    """A fresh conversion (thresholds at 0) exports the graph version 2 exported: x - 0 is x."""
+    import onnx
+
+    bnn = binarize.convert(resnet_small(blocks=(1, 1, 1)), "xnor", rprelu=False).eval()
+    ops = [n.op_type for n in onnx.load(str(binarize.export(bnn, tmp_path / "m.onnx", torch.randn(2, 1, 28, 28)))).graph.node]
+    plain = binarize.convert(resnet_small(blocks=(1, 1, 1)), "xnor", rprelu=False, input_threshold=False).eval()
+    assert ops == [n.op_type for n in onnx.load(str(binarize.export(plain, tmp_path / "p.onnx",
+                                                                     torch.randn(2, 1, 28, 28)))).graph.node]

@@ -8,7 +8,7 @@ Writes ``benchmarks/report/``: ``REPORT.md``, PNG plots (when matplotlib is inst
 ``pip install binarize[report]``; otherwise the plots are skipped with a message) and the raw
 results as CSV/JSON. Training runs are cached one JSON file per run under
 ``--cache``/<recipe> (default ``runs/report``, ``runs/report-smoke`` for --smoke), so an interrupted
-report resumes and a changed recipe (--student-epochs, --student-lr, ...) retrains; delete the
+report resumes and a changed recipe (--student-epochs, --teacher-epochs, or new library defaults) retrains; delete the
 folder to retrain. Nothing is downloaded: the data is the bundled MNIST-5k.
 """
 from __future__ import annotations
@@ -59,14 +59,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="tiny version: 1 seed, LeNet on MNIST-rot, xnor and bireal, a few batches; "
                              "no kernel or ONNX timings")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one thread each (default 2)")
+    parser.add_argument("--from-cache", action="store_true",
+                        help="train nothing: report the runs already in the cache (missing cells read '-'; the "
+                             "environment table counts them)")
     recipe = acc.Recipe()
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (default 3; --smoke: 1)")
     parser.add_argument("--teacher-epochs", type=int, default=recipe.teacher_epochs,
                         help=f"float teacher epochs (default {recipe.teacher_epochs})")
     parser.add_argument("--student-epochs", type=int, default=recipe.student_epochs,
-                        help=f"student epochs in total (default {recipe.student_epochs})")
-    parser.add_argument("--student-lr", type=float, default=recipe.student_lr,
-                        help=f"student SGD learning rate (default {recipe.student_lr:g})")
+                        help=f"epochs of every student in all, every stage together (FinetuneConfig(epochs=...), "
+                             f"every other field at its default; default {recipe.student_epochs})")
     return parser.parse_args(argv)
 
 
@@ -165,13 +167,14 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"Nets: `lenet` = CBCN's MNIST LeNet (four 3x3 convs 10-20-40-80 with BN, max-pool, ReLU; "
              f"32x32 input), `resnet8` = `binarize.models.resnet_small(blocks=(1, 1, 1))` (16-32-64, 28x28). "
              f"Recipe: float teacher Adam lr {recipe.teacher_lr:g}, {recipe.teacher_epochs} epochs; each "
-             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher, SGD "
-             f"lr {recipe.student_lr:g} (cosine), {recipe.student_epochs} epoch(s) in total (BiPer: 1 in "
-             f"stage 1, the rest in stage 2), batch {acc.BATCH_SIZE}"
+             f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher for "
+             f"{recipe.student_epochs} epochs in all: `FinetuneConfig(epochs=...)` with every other field at its "
+             f"default (version {acc.FinetuneConfig.version}: Adam lr 2e-3, cosine decay, no weight decay; BiPer "
+             f"`epochs={recipe.student_epochs // 2}`, its stage 1 as long), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
-             + "; default objective CE + KD (T = 4) + one discriminator per binary layer (gan_weight 0.01) "
-               "+ the method's own losses (RBCN kernel loss and BN refresh, CBCN center loss). First conv, "
-               "1x1 shortcuts and classifier stay float (the converter's defaults).", ""]
+             + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
+               "refresh; CBCN: center loss). Conversion defaults: RSign thresholds and RPReLU on every binary "
+               "layer; first conv, 1x1 shortcuts and classifier stay float.", ""]
     rows = [[label] + [str(cells[(n, d, label)]) if (n, d, label) in cells else "-" for n, d in settings]
             for label in labels]
     lines += markdown_table(["method"] + [f"{n}, {d}" for n, d in settings], rows)
@@ -451,8 +454,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     if args.smoke:
         grid = acc.SMOKE_GRID
     else:
-        recipe = acc.Recipe(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs,
-                            student_lr=args.student_lr)
+        recipe = acc.Recipe(teacher_epochs=args.teacher_epochs, student_epochs=args.student_epochs)
         grid = dataclasses.replace(acc.FULL_GRID, recipe=recipe, seeds=tuple(range(args.seeds)))
     cache = acc.recipe_cache(args.cache or REPOSITORY / "runs" / ("report-smoke" if args.smoke else "report"), grid)
     out = args.out
@@ -461,10 +463,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
     env = environment(command)
 
     print(f"section 1: {len(grid.jobs())} student runs + teachers, {args.workers} processes (cache {cache})")
-    results = acc.run_grid(grid, cache, args.workers)
+    results = acc.run_grid(grid, cache, args.workers, from_cache=args.from_cache)
     torch.set_num_threads(1)
     qe_data = grid.datasets[0]
-    teachers = {net: acc.load_teacher(cache, net, qe_data, grid.seeds[0]) for net in grid.nets}
+    teachers = {net: acc.load_teacher(cache, net, qe_data, grid.seeds[0]) for net in grid.nets
+                if acc.teacher_path(cache, net, qe_data, grid.seeds[0]).is_file()}
     sections = accuracy_section(grid, results, out, plots)
     print("section 2: quantization error")
     sections += qe_section(teachers, args.smoke, out, plots)
@@ -475,6 +478,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
                                                         f"the cache)" if cached else "")
     env["training runs"] = (f"{len(results)} runs, {sum(r['train_s'] for r in results) / 60:.0f} min of process "
                             f"time (whenever they ran) over {args.workers} one-thread processes")
+    expected = len(grid.jobs()) + len({(n, d, s) for n, d, _, s in grid.jobs()})
+    if len(results) < expected:
+        env["training runs"] += f"; {expected - len(results)} of the grid's {expected} runs missing (--from-cache)"
     ckpt.atomic_write_text(json.dumps(env, indent=1), out / "environment.json")
     head = ["# binarize evidence report" + (" (smoke)" if args.smoke else ""), "",
             "Regenerate with (from the repository root):", "", f"    {command}", ""]

@@ -23,8 +23,10 @@ from torch import nn
 import binarize
 from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
+from binarize.config import ConvertConfig
 from binarize.finetune import FinetuneConfig, finetune
-from binarize.methods import paper_recipe
+from binarize.finetune.config import VERSION_2_DEFAULTS
+from binarize.methods import paper_recipe, training_policy
 from binarize.models import resnet_small
 
 DATASETS = ("mnist5k", "mnist5k-rot")
@@ -70,7 +72,7 @@ class Variant:
 
 
 FLOAT = Variant("float", "float")
-#: The method list, each with its defaults (double skips on for all but xnor, KD + discriminators on).
+#: The method list, each with its defaults.
 METHODS = (
     Variant("xnor", "xnor"),
     Variant("bireal", "bireal"),
@@ -130,22 +132,45 @@ ABLATIONS = (
 )
 
 
+#: One lever of the default recipe changed back (or a left-out one added); (variant, the METHODS label).
+LEVERS = (
+    (Variant("xnor -RSign", "xnor", {"input_threshold": False}), "xnor"),
+    (Variant("xnor -RPReLU", "xnor", {"rprelu": False}), "xnor"),
+    (Variant("xnor SGD", "xnor", {}, {k: VERSION_2_DEFAULTS[k] for k in ("optimizer", "lr", "stage1_lr")}), "xnor"),
+    (Variant("xnor +two step", "xnor", {}, {"two_step": True}), "xnor"),
+    (Variant("xnor +weight decay", "xnor", {}, {"weight_decay": 1e-4}), "xnor"),
+    (Variant("xnor -KD", "xnor", {}, {"kd_weight": 0.0}), "xnor"),
+    (Variant("bireal +GAN", "bireal", {}, {"gan_weight": 0.01}), "bireal"),
+    (Variant("xnor +BN refresh", "xnor", {}, {"bn_refresh": True}), "xnor"),
+)
+#: Version 2's defaults (FinetuneConfig version 2, no RSign, no RPReLU) for the same epochs: the "before" rows.
+BEFORE = tuple(
+    (Variant(f"{v.label} v2 recipe", v.method, {**v.convert, "input_threshold": False, "rprelu": False},
+             dict(VERSION_2_DEFAULTS)), v.label)
+    for v in METHODS if v.label in ("xnor", "bireal", "biper w0=20", "cbcn K=4", "rbcn"))
+#: ABLATIONS rows left out of the full grid: made identical to a default by version 3 (the GAN is off by
+#: default but for RBCN) or covered by a lever row ("xnor -KD"), to fit the grid's time.
+LEFT_OUT = ("bireal -GAN", "cbcn K=4 -GAN", "bireal -KD", "cbcn K=4 -KD", "rbcn -KD")
+#: METHODS rows left out of the full grid to fit its time (their choices are compared in earlier reports).
+SLOW = ("biper auto", "cbcn K=1", "cbcn K=2")
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """Training lengths. The full report's are chosen so that the whole grid fits in about half an
-    hour on two shared cores while every binary net clearly learns (see REPORT.md for the numbers)."""
+    """Training lengths. Every student trains ``student_epochs`` epochs in all, every stage together:
+    ``FinetuneConfig(epochs=...)`` with every other field at its default, ``epochs`` the largest that
+    fits (:func:`epochs_within`: half of them for a two-stage run such as BiPer's)."""
 
     teacher_epochs: int = 4
-    student_epochs: int = 3  # total: BiPer splits them into 1 stage-1 + the rest stage-2 epochs
+    student_epochs: int = 8
     steps_per_epoch: Optional[int] = None
     teacher_lr: float = 3e-3  # Adam
-    student_lr: float = 0.02  # SGD, momentum 0.9, cosine; BiPer's stage 1 too
 
     def tag(self) -> str:
-        """Names the cache folder, so that runs of different recipes never mix."""
+        """Names the cache folder, so that runs of different recipes (or library defaults) never mix."""
         steps = f"-steps{self.steps_per_epoch}" if self.steps_per_epoch else ""
-        return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_"
-                f"student{self.student_epochs}ep-lr{self.student_lr:g}{steps}")
+        return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_student{self.student_epochs}ep-defaults"
+                f"-finetune{FinetuneConfig.version}-convert{ConvertConfig.version}{steps}")
 
 
 @dataclass(frozen=True)
@@ -158,16 +183,29 @@ class Grid:
     ablation_net: str
     ablation_data: str
     recipe: Recipe
+    #: The first ``full_rows`` ablations (the "before" rows) run every seed early; the others run their
+    #: first two seeds early and the rest last.
+    full_rows: int = 0
 
     def jobs(self) -> List[Tuple[str, str, Variant, int]]:
-        """(net, data, variant, seed) of every student run."""
-        main = [(n, d, v, s) for n in self.nets for d in self.datasets for v in self.methods for s in self.seeds]
-        extra = [(self.ablation_net, self.ablation_data, v, s) for v, _ in self.ablations for s in self.seeds]
-        return main + extra
+        """(net, data, variant, seed) of every student run, most wanted first, every seed of a cell
+        together, so that a report cut short (``--from-cache``) has whole cells: the ablation setting's
+        main runs, the ablations in their order, then the other settings."""
+        first = (self.ablation_net, self.ablation_data)
+        settings = [first] + [(n, d) for n in self.nets for d in self.datasets if (n, d) != first]
+        main = {(n, d): [(n, d, v, s) for v in self.methods for s in self.seeds] for n, d in settings}
+        full, rest = self.ablations[:self.full_rows], self.ablations[self.full_rows:]
+        before = [first + (v, s) for v, _ in full for s in self.seeds]
+        early = [first + (v, s) for v, _ in rest for s in self.seeds[:2]]
+        late = [first + (v, s) for v, _ in rest for s in self.seeds[2:]]
+        ordered = main[first] + before + main[settings[1]] + early if len(settings) > 1 else main[first] + before + early
+        return ordered + [job for setting in settings[2:] for job in main[setting]] + late
 
 
-FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2), methods=METHODS, ablations=ABLATIONS,
-                 ablation_net="lenet", ablation_data="mnist5k-rot", recipe=Recipe())
+FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),
+                 methods=tuple(v for v in METHODS if v.label not in SLOW),
+                 ablations=BEFORE + LEVERS + tuple(a for a in ABLATIONS if a[0].label not in LEFT_OUT),
+                 ablation_net="lenet", ablation_data="mnist5k", recipe=Recipe(), full_rows=len(BEFORE))
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
                   recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
@@ -217,7 +255,7 @@ def train_teacher(cache: Path, net: str, data: str, seed: int, recipe: Recipe) -
     model = NETS[net][0]()
     start = time.time()
     model, history = finetune(model, None, train_loader, test_loader, FinetuneConfig(
-        optimizer="adam", lr=recipe.teacher_lr, epochs=recipe.teacher_epochs, warmup_epochs=0.3,
+        optimizer="adam", lr=recipe.teacher_lr, weight_decay=1e-4, epochs=recipe.teacher_epochs, warmup_epochs=0.3,
         steps_per_epoch=recipe.steps_per_epoch, seed=seed, progress=False, evaluate_initial=False))
     ckpt.atomic_save(model.state_dict(), teacher_path(cache, net, data, seed))
     result = {"net": net, "data": data, "label": FLOAT.label, "method": "float", "seed": seed,
@@ -225,6 +263,17 @@ def train_teacher(cache: Path, net: str, data: str, seed: int, recipe: Recipe) -
               "images_per_s": statistics.mean(row["images_per_s"] for row in history.epochs)}
     _write_json(result, result_file)
     return dict(result, cached=False)
+
+
+def epochs_within(student: nn.Module, budget: int, overrides: Dict[str, object]) -> int:
+    """The largest ``FinetuneConfig(epochs=...)`` whose run, every stage together, takes at most
+    ``budget`` epochs (a two-stage run, BiPer's or two_step's, trains ``epochs`` in each stage)."""
+    policy = training_policy(student)
+    for epochs in range(budget, 0, -1):
+        phases = policy.training_phases(student, FinetuneConfig(**{**overrides, "epochs": epochs}))
+        if sum(phase.epochs for phase in phases) <= budget:
+            return epochs
+    raise ValueError(f"no run fits in {budget} epochs")
 
 
 def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int, recipe: Recipe) -> dict:
@@ -236,11 +285,8 @@ def train_student(cache: Path, net: str, data: str, variant: Variant, seed: int,
     teacher = load_teacher(cache, net, data, seed)
     torch.manual_seed(seed)
     student = binarize.convert(teacher, variant.method, **variant.convert)
-    schedule = dict(optimizer="sgd", lr=recipe.student_lr, epochs=recipe.student_epochs, warmup_epochs=0.2)
-    if variant.method == "biper":  # same total epochs: one in stage 1 (real-valued sin weights)
-        schedule.update(stage1_epochs=1, stage1_lr=recipe.student_lr, epochs=max(1, recipe.student_epochs - 1))
-    config = FinetuneConfig(**{**schedule, **variant.finetune}, steps_per_epoch=recipe.steps_per_epoch, seed=seed,
-                            progress=False)
+    options = {"epochs": epochs_within(student, recipe.student_epochs, variant.finetune), **variant.finetune}
+    config = FinetuneConfig(**options, steps_per_epoch=recipe.steps_per_epoch, seed=seed, progress=False)
     start = time.time()
     student, history = finetune(student, teacher, train_loader, test_loader, config)
     final = history.epochs[-1]
@@ -256,16 +302,33 @@ def recipe_cache(cache: Path, grid: Grid) -> Path:
     return cache / grid.recipe.tag()
 
 
-def run_grid(grid: Grid, cache: Path, workers: int, log=print) -> List[dict]:
-    """Teachers first (students need them), then every student; ``workers`` processes of one thread.
-    ``cache`` is the folder of this recipe's runs (:func:`recipe_cache`)."""
-    teachers = sorted({(n, d, s) for n, d, _, s in grid.jobs()} |
-                      {(n, d, s) for n in grid.nets for d in grid.datasets for s in grid.seeds})
+def run_grid(grid: Grid, cache: Path, workers: int, log=print, from_cache: bool = False) -> List[dict]:
+    """Net by net: its teachers (students need them), then its students; ``workers`` processes of one
+    thread. ``cache`` is the folder of this recipe's runs (:func:`recipe_cache`). ``from_cache``: train
+    nothing, return the runs already in the cache (the missing ones are counted in the log)."""
     jobs = grid.jobs()
+    if from_cache:
+        teachers = sorted({(n, d, s) for n, d, _, s in jobs})
+        files = [run_path(cache, n, d, FLOAT, s) for n, d, s in teachers]
+        files += [run_path(cache, n, d, v, s) for n, d, v, s in jobs]
+        present = [f for f in files if f.is_file()]
+        log(f"  from the cache: {len(present)} of {len(files)} runs present, {len(files) - len(present)} missing")
+        return [dict(json.loads(f.read_text()), cached=True) for f in present]
+    results = []
+    groups: List[List[Tuple[str, str, Variant, int]]] = []  # consecutive jobs of one (net, data)
+    for job in jobs:
+        if groups and groups[-1][0][:2] == job[:2]:
+            groups[-1].append(job)
+        else:
+            groups.append([job])
+    trained = set()  # teachers already collected (a setting can come back later in the order)
     # spawn: a forked child would inherit the parent's OpenMP state, which can deadlock torch.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        results = _collect(pool, [(train_teacher, (cache, n, d, s, grid.recipe)) for n, d, s in teachers], log)
-        results += _collect(pool, [(train_student, (cache, n, d, v, s, grid.recipe)) for n, d, v, s in jobs], log)
+        for group in groups:
+            teachers = sorted({(n, d, s) for n, d, _, s in group} - trained)
+            trained.update(teachers)
+            results += _collect(pool, [(train_teacher, (cache, n, d, s, grid.recipe)) for n, d, s in teachers], log)
+            results += _collect(pool, [(train_student, (cache, n, d, v, s, grid.recipe)) for n, d, v, s in group], log)
     return results
 
 

@@ -136,6 +136,11 @@ class ConvertConfig(VersionedConfig):
     - ``activation``: what replaces a ReLU-like activation in front of a binary layer:
       ``"hardtanh"`` (default), ``"prelu"`` (one learnable slope, 0.25) or ``"identity"``.
       Float layers keep their activations.
+    - ``input_threshold``: ReActNet's RSign (default on): every binary layer learns one threshold per
+      input channel (``layer.input_threshold``, zeros at first) and binarizes ``x - threshold``;
+      exported as a standard Sub in front of the binary op.
+    - ``rprelu``: ReActNet's RPReLU (default on; :class:`binarize.layers.RPReLU`, learnable per-channel
+      shifts and slope, the identity at first) after every binary layer's BatchNorm; standard ONNX ops.
     - ``leaf_modules``: module names or types that torch.fx must not trace into (for parts of
       a model that are not traceable). Convolutions inside a leaf stay in float.
     """
@@ -150,15 +155,19 @@ class ConvertConfig(VersionedConfig):
     shortcut: str = "auto"
     keep_costly_float: bool = True
     activation: str = "hardtanh"
+    input_threshold: bool = True
+    rprelu: bool = True
     leaf_modules: Sequence[Union[str, type]] = field(default=(), metadata={"types": True})
     # Estimator names from binarize.quantizers.ESTIMATORS; each method sets its paper's choice.
     activation_estimator: str = "ste"
     weight_estimator: str = "ste"
 
     method = "base"  # class attribute, set by each method's config
-    # 2: shortcut and keep_costly_float; a version-1 recipe rebuilds the model it described.
-    version = 2
-    upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False)}
+    # 2: shortcut and keep_costly_float; 3: input_threshold and rprelu (on by default). Older
+    # plain data rebuilds the model it described.
+    version = 3
+    upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False),
+                2: lambda fields: {"input_threshold": False, "rprelu": False, **fields}}
 
     def __post_init__(self):
         from .quantizers import ESTIMATORS

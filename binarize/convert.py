@@ -55,6 +55,8 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
     passes.rewrite_sign_inputs(gm, plan.binary, config.activation)
     passes.swap_binary_layers(gm, plan.binary, spec, config)
     spec.rewrite_graph(gm, plan.binary, config)
+    if config.rprelu:
+        passes.add_rprelus(gm, plan.binary)
     gm.recompile()
     attributes = {"binarize_plan": plan, "binarize_config": config}
     # GraphModule.__deepcopy__ rebuilds the module from its graph and drops plain attributes;

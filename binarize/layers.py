@@ -47,14 +47,20 @@ class BinaryLayer:
     config: ConvertConfig
     #: Packed output channels per logical output channel (CBCN's K); the runtime takes a max over them.
     orientations: int = 1
-    #: The binarization point of the input, one per input channel / feature (ReActNet's RSign),
-    #: or None for 0; exported as BinaryConv2d / BinaryLinear v2's ``threshold``. Registered as a
-    #: parameter that is None (:meth:`_init_input_threshold`) rather than a class attribute: torch
-    #: refuses ``layer.input_threshold = nn.Parameter(...)`` over a class attribute of that name.
+    #: ReActNet's RSign: one learnable threshold per input channel / feature, subtracted before the
+    #: sign (``config.input_threshold``), or None: the sign is taken at 0. Exported as BinaryConv2d /
+    #: BinaryLinear v2's ``threshold``. Registered as a parameter that may be None
+    #: (:meth:`_init_input_threshold`) rather than a class attribute: torch refuses
+    #: ``layer.input_threshold = nn.Parameter(...)`` over a class attribute of that name.
     input_threshold: Optional[nn.Parameter]
     #: Orientation channels per channel of the feature maps the layer reads and writes (CBCN's K in
     #: layout "widen"): the graph around it is K-wide (binarize.orientations).
     feature_orientations: int = 1
+    #: Stage 1 of the two-step schedule (``FinetuneConfig.two_step``): binary activations with the
+    #: real-valued latent weights; the trainer sets it (plain attribute, not saved: each epoch's start
+    #: sets it again, also on resume). The weight estimator is then the identity, so every method's
+    #: scaling (and CBCN's circulant copies) applies unchanged to the real weights.
+    real_weights: bool = False
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError
@@ -70,22 +76,30 @@ class BinaryLayer:
         return {}
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
-        """The method's activation estimator of ``x - input_threshold`` (the threshold along the
-        channel axis 1 of a conv input, the feature axis -1 of a Linear input)."""
-        if self.input_threshold is not None:
-            axis = -1 if isinstance(self, nn.Linear) else 1
-            shape = [1] * x.dim()
-            shape[axis] = -1
-            x = x - self.input_threshold.view(shape)
+        """The binary input: the method's estimator of ``x - input_threshold``, the threshold broadcast
+        over the input's channel axis (``threshold_view``)."""
+        threshold = self.input_threshold
+        if threshold is not None:
+            x = x - threshold.reshape(self.threshold_view(x.dim()))
         name = self.config.activation_estimator
         return get_estimator(name)(x, **self.config.estimator_kwargs(name))
 
+    def threshold_view(self, dims: int) -> Tuple[int, ...]:
+        """The shape the threshold takes against a ``dims``-dimensional input: the channel axis is 1 for
+        a convolution's (N, C, H, W) input, the last one for a Linear's (N, ..., C)."""
+        return (-1,) + (1,) * (dims - 2) if isinstance(self, nn.Conv2d) else (-1,)
+
+    def _init_input_threshold(self, channels: int) -> None:
+        threshold = None
+        if self.config.input_threshold:
+            threshold = nn.Parameter(torch.zeros(channels, dtype=self.weight.dtype, device=self.weight.device))
+        self.register_parameter("input_threshold", threshold)
+
     def weight_estimator(self, w: torch.Tensor, **params) -> torch.Tensor:
+        if self.real_weights:
+            return w
         name = self.config.weight_estimator
         return get_estimator(name)(w, **self.config.estimator_kwargs(name), **params)
-
-    def _init_input_threshold(self) -> None:
-        self.register_parameter("input_threshold", None)  # set by the conversion option that learns it
 
     def _copy_from(self, layer: nn.Module) -> None:
         with torch.no_grad():
@@ -106,9 +120,9 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
             conv.padding, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype)
         self.config = config
-        self._init_input_threshold()
         self._copy_from(conv)
         self._init_method_state()
+        self._init_input_threshold(self.in_channels)  # after the method state: CBCN's widen makes it K-wide
 
     def conv(self, x_binary: torch.Tensor, weight: torch.Tensor,
              bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -125,9 +139,35 @@ class BinaryLinear(BinaryLayer, nn.Linear):
         nn.Linear.__init__(self, linear.in_features, linear.out_features, linear.bias is not None,
                            device=linear.weight.device, dtype=linear.weight.dtype)
         self.config = config
-        self._init_input_threshold()
         self._copy_from(linear)
         self._init_method_state()
+        self._init_input_threshold(self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.binarize_input(x), self.binarized_weight(), self.bias)
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU, put after a binary conv's BatchNorm (``config.rprelu``): per channel c,
+    ``y = PReLU_c(x - shift_in_c) + shift_out_c``. It starts as the identity (slopes 1, shifts 0), so
+    conversion does not change what the network computes; training learns where each channel bends.
+    Standard ONNX ops (Sub, PRelu, Add)."""
+
+    def __init__(self, channels: int, channel_axis: int = 1):
+        super().__init__()
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.ones(channels))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+        #: 1 after a convolution (N, C, H, W); -1 after a Linear (N, ..., C)
+        self.channel_axis = channel_axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        moved = self.channel_axis != 1 and x.dim() > 2  # PReLU's slopes act on dim 1
+        if moved:
+            x = x.movedim(-1, 1)
+        shape = (-1, *([1] * (x.dim() - 2)))
+        y = F.prelu(x - self.shift_in.reshape(shape), self.slope) + self.shift_out.reshape(shape)
+        return y.movedim(1, -1) if moved else y
+
+    def extra_repr(self) -> str:
+        return f"{self.slope.numel()}"

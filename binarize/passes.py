@@ -13,6 +13,7 @@
 7. :func:`swap_binary_layers` - replace the planned modules by the method's binary layers;
 8. the method's own step (``Method.rewrite_graph``): CBCN's layout "widen" runs
    :func:`binarize.orientations.widen_orientations`, which makes the maps around its layers K-wide.
+9. :func:`add_rprelus` - with ``rprelu``, a learnable RPReLU after every binary layer's BatchNorm.
 
 :func:`topological_sort` restores a valid node order after passes that add edges. What a node is (a
 ReLU, a pass-through op, the BatchNorm after a layer) is decided by :mod:`binarize.matchers`; what the
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConvertConfig
+from .layers import RPReLU
 from .matchers import (commutes_with_relu, following_batchnorm, is_add, is_pass_through, is_relu_like,
                        module_of)
 from .tags import tag
@@ -448,6 +450,30 @@ def swap_binary_layers(gm: fx.GraphModule, binary: Sequence[str], method, config
         if node.op == "call_module" and node.target in binary_set:
             bn = following_batchnorm(gm, node)
             tag(node, "binary_layer", batchnorm=bn.target if bn is not None else None)
+
+
+# --------------------------------------------------------------------------------- RPReLU
+def add_rprelus(gm: fx.GraphModule, binary: Sequence[str]) -> List[str]:
+    """Put an :class:`~binarize.layers.RPReLU` (identity at first) after each binary layer's
+    BatchNorm (after the layer where none follows), in front of everything that read it (the
+    double skip's addition included). Returns the names of the modules added."""
+    binary_set = set(binary)
+    added = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or node.target not in binary_set:
+            continue
+        layer = gm.get_submodule(node.target)
+        conv = isinstance(layer, nn.Conv2d)
+        channels, axis = (layer.out_channels, 1) if conv else (layer.out_features, -1)
+        out = following_batchnorm(gm, node) or node
+        name = node.target.replace(".", "_") + "_rprelu"
+        gm.add_submodule(name, RPReLU(channels, axis).to(layer.weight.device))
+        added.append(name)
+        with gm.graph.inserting_after(out):
+            new = tag(gm.graph.call_module(name, (out,)), "rprelu")
+        out.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+    topological_sort(gm.graph)
+    return added
 
 
 # ------------------------------------------------------------------------- topological sort

@@ -16,6 +16,7 @@ role                      node
 ``"orientation_copies"``  a plain map replicated K times where it enters a K-wide region (CBCN's
                           layout "widen", :mod:`binarize.orientations`)
 ``"orientation_pool"``    the max over the K orientations where a K-wide map leaves the region
+``"rprelu"``              the RPReLU after a binary layer's BatchNorm (``rprelu=True``)
 ========================  ======================================================================
 
 The tags live in ``node.meta``, which ``GraphModule.recompile()`` and ``copy.deepcopy`` keep. They do
@@ -37,7 +38,7 @@ from .layers import BinaryLayer
 
 KEY = "binarize"
 ROLES = ("binary_layer", "sign_input", "sign_input_copy", "moved_relu", "double_skip", "double_skip_add",
-         "orientation_copies", "orientation_pool")
+         "orientation_copies", "orientation_pool", "rprelu")
 
 
 @dataclass(frozen=True)

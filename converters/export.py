@@ -102,6 +102,9 @@ def _foldable_batchnorm(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
 
 
 def _export_weight(name: str, layer: BinaryLayer) -> Tuple[torch.Tensor, torch.Tensor]:
+    if layer.real_weights:
+        raise ValueError(f"export: binary layer '{name}' is in stage 1 of the two-step schedule (real-valued "
+                         f"weights, real_weights=True); finish fine-tuning (stage 2) or set real_weights=False")
     try:
         signs, multiplier = layer.export_weight()
     except Exception as err:
@@ -117,7 +120,10 @@ def _bias(layer: BinaryLayer, channels: int) -> torch.Tensor:
 
 
 def _input_threshold(layer: BinaryLayer) -> Optional[torch.Tensor]:
-    return None if layer.input_threshold is None else layer.input_threshold.detach().cpu()
+    """The threshold input of the packed op, or None where it would change nothing: x - 0 is x, so a
+    freshly converted model (thresholds still 0) exports exactly as without them."""
+    t = layer.input_threshold
+    return None if t is None or not bool(t.detach().any()) else t.detach().cpu()
 
 
 def _packed_conv(name: str, layer: BinaryConv2d, bn: Optional[nn.BatchNorm2d]) -> PackedBinaryConv2d:

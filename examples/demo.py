@@ -6,8 +6,9 @@
 1. train a small float ResNet (``binarize.models.resnet_small``) on the bundled data, or load it from
    the cache (``runs/demo/``, written atomically; delete it to retrain);
 2. convert it (first conv, 1x1 shortcuts and classifier stay float);
-3. fine-tune the student against the frozen teacher: cross-entropy + KD + one discriminator per
-   binary layer's BatchNorm output (+ the method's own losses and stages);
+3. fine-tune the student against the frozen teacher with the default recipe: cross-entropy + KD (+ the
+   method's own losses), Adam, the two-step schedule (binary activations with real weights, then binary
+   weights);
 4. export both to ONNX and run them with ONNX Runtime + binarize's XNOR-popcount kernels;
 5. print one table: accuracy, ONNX size and latency, float vs binary.
 """
@@ -30,8 +31,8 @@ from binarize.runtime import session
 
 #: The teacher's training recipe (Adam reaches ~97% on MNIST-5k in 4 epochs).
 TEACHER = dict(optimizer="adam", lr=3e-3, epochs=4, warmup_epochs=0.3, weight_decay=1e-4)
-#: The student's, per method: SGD at the papers' momentum and cosine schedules, shortened for a demo.
-STUDENT = dict(optimizer="sgd", stage1_lr=0.05, lr=0.02, stage1_epochs=3, epochs=3, warmup_epochs=0.2)
+#: The student's: FinetuneConfig's defaults, 3 epochs per stage of the two-step schedule (6 in all).
+STUDENT_EPOCHS = 3
 
 
 def parse_args():
@@ -39,7 +40,8 @@ def parse_args():
     parser.add_argument("--method", default="biper", choices=sorted(binarize.METHODS), help="binarization method (default biper)")
     parser.add_argument("--data", default="mnist5k", choices=("mnist5k", "mnist5k-rot"), help="bundled dataset (default mnist5k)")
     parser.add_argument("--cache", default="runs/demo", help="folder for the cached teacher and the run (default runs/demo)")
-    parser.add_argument("--epochs", type=int, default=STUDENT["epochs"], help="binary-stage epochs")
+    parser.add_argument("--epochs", type=int, default=STUDENT_EPOCHS,
+                        help=f"FinetuneConfig(epochs=...): epochs per stage (default {STUDENT_EPOCHS})")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads for training and inference (default 1: steady on a busy or small machine)")
     return parser.parse_args()
@@ -84,17 +86,13 @@ def main():
     print(f"[2/5] converted with {args.method}: {len(plan.binary)} binary layers "
           f"(first conv, 1x1 shortcuts and classifier stay float)")
 
-    print("[3/5] fine-tuning against the teacher (CE + KD + per-layer discriminators)")
-    stages = dict(STUDENT, epochs=args.epochs)
-    if args.method != "biper":
-        stages.pop("stage1_epochs")
-        stages.pop("stage1_lr")
+    print("[3/5] fine-tuning against the teacher (the default recipe: CE + KD, two steps)")
     recipe = ckpt.make_recipe("binarize.models:resnet_small", student.binarize_config,
                               cache / f"teacher-{args.data}.pt", num_classes=10, in_channels=1)
     recipe["data"] = {"name": args.data, "data_dir": None, "batch_size": 64, "image_size": info.image_size,
                       "channels": info.in_channels, "num_workers": 0, "seed": 0}
     student, history = finetune(student, teacher, train_loader, test_loader,
-                                FinetuneConfig(run_dir=str(cache / args.method), recipe=recipe, **stages))
+                                FinetuneConfig(epochs=args.epochs, run_dir=str(cache / args.method), recipe=recipe))
 
     print("[4/5] exporting ONNX and running it with ONNX Runtime + binarize kernels")
     example = torch.zeros(1, info.in_channels, info.image_size, info.image_size)

@@ -70,10 +70,14 @@ def test_torchvision_models_convert_train_and_replace_exactly_the_expected_layer
 
 def test_resnet18_double_skips_reuse_downsample_and_add_no_parameters(torchvision_models):
     model = torchvision_models["resnet18"]
-    bnn = binarize.convert(model, "bireal")  # bireal adds no parameter of its own
+    # bireal adds no parameter of its own; RSign and RPReLU add one per input and three per output channel
+    bnn = binarize.convert(model, "bireal", input_threshold=False, rprelu=False)
     count = lambda m: sum(p.numel() for p in m.parameters())
     hardtanh = sum(isinstance(m, nn.Hardtanh) for m in bnn.modules())
     assert count(bnn) == count(model) and hardtanh == 16
+    full = binarize.convert(model, "bireal")
+    binary = [m for _, m in binarize.binary_layers(full)]
+    assert count(full) - count(model) == sum(m.in_channels + 3 * m.out_channels for m in binary)
     adds = lambda g: sum(n.op == "call_function" and n.target is operator.add for n in g.graph.nodes)
     assert adds(bnn) == adds(torch.fx.symbolic_trace(model)) + 16
     no_skip = binarize.convert(model, "bireal", double_skip=False)

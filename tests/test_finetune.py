@@ -108,7 +108,7 @@ def test_training_step_objective_is_the_sum_of_the_terms():
 
 
 def test_discriminator_step_lowers_its_loss_on_a_fixed_batch():
-    trainer, train = _trainer("biper", gan_lr=1e-3)
+    trainer, train = _trainer("biper", gan_lr=1e-3, gan_weight=0.01)  # the discriminators are on for RBCN only by default
     adversarial = trainer.objective.find(AdversarialFeatures)
     images, _ = next(iter(train))
     with torch.no_grad():

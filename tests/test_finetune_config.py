@@ -39,10 +39,12 @@ def test_convert_config_round_trips_with_its_classes():
     assert data["options"]["version"] == binarize.CBCNConfig.version
     assert ckpt.config_from_data(data) == config
     # Recipes written before configs carried a version are version 1, which had no shortcut options:
-    # they rebuild the model they described, without the cost rule of version 2.
-    version_1 = {k: v for k, v in data["options"].items() if k not in ("version", "shortcut", "keep_costly_float")}
+    # they rebuild the model they described, without the cost rule of version 2 or version 3's RSign/RPReLU.
+    version_1 = {k: v for k, v in data["options"].items()
+                 if k not in ("version", "shortcut", "keep_costly_float", "input_threshold", "rprelu")}
     rebuilt = ckpt.config_from_data({"method": "cbcn", "options": version_1})
-    assert rebuilt == dataclasses.replace(config, shortcut="conv", keep_costly_float=False)
+    assert rebuilt == dataclasses.replace(config, shortcut="conv", keep_costly_float=False, input_threshold=False,
+                                          rprelu=False)
     future = binarize.CBCNConfig.version + 1
     with pytest.raises(ConfigVersionError, match=f"CBCNConfig data of version {future}"):
         ckpt.config_from_data({"method": "cbcn", "options": dict(data["options"], version=future)})
@@ -53,8 +55,8 @@ def test_training_checkpoint_of_another_version_is_refused_naming_file_and_versi
     teacher = tiny_model(True)
     first, second, third = (binarize.convert(teacher, "xnor") for _ in range(3))  # before finetune freezes the teacher
     train, val, _ = make_loaders("mnist5k", batch_size=16)
-    config = FinetuneConfig(epochs=1, steps_per_epoch=2, progress=False, evaluate_initial=False, gan_weight=0,
-                            run_dir=str(tmp_path / "run"))
+    config = FinetuneConfig(epochs=1, two_step=False, steps_per_epoch=2, progress=False, evaluate_initial=False,
+                            gan_weight=0, run_dir=str(tmp_path / "run"))
     finetune(first, teacher, train, val, config)
     path = ckpt.latest_checkpoint(tmp_path / "run")
     state = ckpt.load_checkpoint(path, "finetune")

@@ -209,5 +209,5 @@ class TestTrainingPolicy:
         assert [p.stage for p in biper.training_phases(model, FinetuneConfig(epochs=3))] == [2]
         with pytest.raises(ValueError, match="already in stage 2"):
             biper.training_phases(model, FinetuneConfig(stage1_epochs=1))
-        with pytest.raises(ValueError, match="stage1_epochs is for two-stage students"):
-            get_method("xnor").training_phases(model, FinetuneConfig(stage1_epochs=1))
+        with pytest.raises(ValueError, match="stage1_epochs=1 needs a binary student and two_step=True"):
+            get_method("xnor").training_phases(model, FinetuneConfig(stage1_epochs=1, two_step=False))

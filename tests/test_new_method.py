@@ -79,7 +79,7 @@ def test_a_registered_method_converts_trains_with_its_policy_and_exports(gained_
 
     train, val, _ = make_loaders("mnist5k", batch_size=16)
     config = FinetuneConfig(epochs=1, lr=0.02, steps_per_epoch=4, progress=False, evaluate_initial=False,
-                            run_dir=str(tmp_path / "run"))
+                            two_step=False, gan_weight=0.01, run_dir=str(tmp_path / "run"))
     trainer = _Trainer(student, teacher, train, val, config)
     optimizers = trainer.optimizers.optimizers
     assert list(optimizers) == ["student", "gains", "discriminators"]

@@ -117,8 +117,8 @@ def test_trainer_runs_the_configured_schedule():
     teacher = tiny_model(True)
     student = binarize.convert(teacher, "xnor")
     train, _, _ = make_loaders("mnist5k", batch_size=16)
-    config = FinetuneConfig(epochs=3, steps_per_epoch=1, lr=0.01, schedule="step", lr_decay=0.5, lr_decay_every=1,
-                            kd_weight=0.0, gan_weight=0.0, progress=False, evaluate_initial=False)
+    config = FinetuneConfig(epochs=3, two_step=False, steps_per_epoch=1, lr=0.01, schedule="step", lr_decay=0.5,
+                            lr_decay_every=1, kd_weight=0.0, gan_weight=0.0, progress=False, evaluate_initial=False)
     _, history = binarize.finetune(student, teacher, train, None, config)
     assert [row["lr"] for row in history.epochs] == pytest.approx([0.01, 0.005, 0.0025])
 
@@ -141,7 +141,7 @@ def test_version_1_data_reads_with_the_new_fields_at_their_old_behaviour():
     read = FinetuneConfig.from_data(version_1)
     assert read == config
     assert (read.schedule, read.gan_reduction, read.bn_refresh_mode) == ("cosine", "mean", "stats")
-    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 2 \\(and upgrades version 1\\)"):
+    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 3 \\(and upgrades version 1, 2\\)"):
         FinetuneConfig.from_data(dict(version_1, version=0))
 
 

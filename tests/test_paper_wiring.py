@@ -36,7 +36,9 @@ def _fixed_loader(batch_size=16, batches=2):
 
 
 def _quiet(**options):
-    return FinetuneConfig(progress=False, evaluate_initial=False, **options)
+    """The papers' own setting (SGD, one binary stage), quiet; ``options`` on top."""
+    return FinetuneConfig(**{"progress": False, "evaluate_initial": False, "optimizer": "sgd", "two_step": False,
+                             **options})
 
 
 def _pair(method, **convert_options):

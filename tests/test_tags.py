@@ -35,7 +35,8 @@ def test_passes_tag_what_they_build():
     roles = Counter(role for role, _, _ in found)
     # one Hardtanh per binary layer; a new shortcut only for the shape-changing conv2; the ReLU in
     # front of the pool moves behind it for conv3's skip (they commute); three double-skip additions
-    assert roles == {"binary_layer": 3, "sign_input": 3, "double_skip": 1, "double_skip_add": 3, "moved_relu": 1}
+    assert roles == {"binary_layer": 3, "sign_input": 3, "double_skip": 1, "double_skip_add": 3, "moved_relu": 1,
+                     "rprelu": 3}
     assert all(name == "Hardtanh" for role, name, _ in found if role == "sign_input")
     assert [name for role, name, _ in found if role == "double_skip"] == ["Sequential"]
     # average pooling is not commuting: with a PReLU in front, the pool is cloned for the binary layer

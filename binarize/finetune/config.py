@@ -21,11 +21,17 @@ class FinetuneConfig(VersionedConfig):
 
     # -- schedule
     epochs: int = option(10, "epochs of the (final) binary stage")
-    lr: float = option(0.01, "its initial learning rate (CBCN: 0.01; BiPer stage 2: 0.01; RBCN gives none)")
+    lr: float = option(2e-3, "its initial learning rate (Adam; the papers, with SGD: CBCN 0.01, BiPer stage 2 "
+                             "0.01, RBCN gives none)")
+    two_step: bool = option(
+        False, "train every binary student in two steps (Martinez et al. 2020, ReActNet): stage 1 with binary "
+               "activations and real-valued weights, then stage 2 with binary weights (BiPer has its own stages "
+               "and always trains them); off by default: in a budget of 8 epochs one binary stage was more "
+               "accurate (benchmarks/RESULTS.md)")
     stage1_epochs: Optional[int] = option(
-        None, "epochs of a two-stage method's stage 1 (BiPer: real-valued sin(omega w) weights); None: as "
-              "many as epochs if the student is in stage 1, else 0")
-    stage1_lr: float = option(0.1, "stage 1's initial learning rate (BiPer: 0.1)")
+        None, "epochs of stage 1 (BiPer: real-valued sin(omega w) weights; two_step: the latent weights); "
+              "None: as many as epochs (BiPer: if the student is in stage 1, else 0)")
+    stage1_lr: float = option(2e-3, "stage 1's initial learning rate (BiPer's paper, with SGD: 0.1)")
     warmup_epochs: float = option(
         0.0, "linear warm-up at the start of each stage, in epochs (fractions allowed), then the schedule "
              "(the papers use no warm-up)")
@@ -39,19 +45,20 @@ class FinetuneConfig(VersionedConfig):
               "reading)")
     lr_decay_every: int = option(60, "schedule='step': epochs between decays, counted from the stage's start "
                                      "(CBCN: 60 on CIFAR, 20 on ImageNet)")
-    optimizer: str = option("sgd", "'sgd' (with momentum) or 'adam'")
+    optimizer: str = option("adam", "'adam' or 'sgd' (with momentum; the three papers' choice)")
     momentum: float = option(0.9, "SGD momentum (0.9 in all three papers)")
     weight_decay: float = option(
-        1e-4, "on conv/linear weights only; never on BatchNorm, biases, scales or a method's own "
-              "parameter groups such as RBCN's C (1e-4: CBCN and RBCN, ResNet-18)")
+        0.0, "on conv/linear weights only; never on BatchNorm, biases, scales or a method's own "
+             "parameter groups such as RBCN's C (CBCN and RBCN, ResNet-18: 1e-4; decay pulls latent binary "
+             "weights to 0, where their signs flip)")
     steps_per_epoch: Optional[int] = option(None, "use only the first N batches of each epoch (quick runs); None: all")
     # -- losses
     ce_weight: float = option(1.0, "weight of the cross-entropy with the labels")
     kd_weight: float = option(1.0, "weight of logit distillation from the teacher (0 turns it off)")
     kd_temperature: float = option(4.0, "distillation temperature (Hinton's T = 4)")
-    gan_weight: float = option(
-        0.01, "lambda2 of RBCN eq. 4, the adversarial feature loss (CIFAR: 0.01; ImageNet: 0.1); 0 turns "
-              "the discriminators off")
+    gan_weight: Optional[float] = option(
+        None, "lambda2 of RBCN eq. 4, the adversarial feature loss (CIFAR: 0.01; ImageNet: 0.1); 0 turns "
+              "the discriminators off; None: the method's default (RBCN: 0.01), else off")
     gan_features: Union[str, Sequence[str]] = option(
         "auto", "module names whose outputs are compared (the same name in teacher and student); 'auto': "
                 "the BatchNorm after each binary layer (the layer itself if none follows)", cli=False)
@@ -102,9 +109,10 @@ class FinetuneConfig(VersionedConfig):
               "every checkpoint so the run can be rebuilt from the file; the CLI fills it in", cli=False)
 
     # Version 2 added schedule, lr_decay, lr_decay_every, gan_reduction and bn_refresh_mode; their
-    # defaults are version 1's behaviour.
-    version = 2
-    upgrades = {1: added_fields}
+    # defaults are version 1's behaviour. Version 3 added two_step and changed the defaults of the
+    # recipe (VERSION_2_DEFAULTS): data of version 2 keeps what it meant.
+    version = 3
+    upgrades = {1: added_fields, 2: lambda options: {**VERSION_2_DEFAULTS, **options}}
 
     def __post_init__(self):
         for name, allowed in (("optimizer", ("sgd", "adam")), ("schedule", SCHEDULES),
@@ -134,15 +142,19 @@ class FinetuneConfig(VersionedConfig):
         return cls(**{**paper_recipe(method, dataset).finetune, **overrides})
 
 
+#: The defaults version 3 changed, as version 2 had them (two_step did not exist: one binary stage).
+VERSION_2_DEFAULTS = {"lr": 0.01, "stage1_lr": 0.1, "optimizer": "sgd", "weight_decay": 1e-4, "gan_weight": 0.01,
+                      "two_step": False}
+
 # The fields' help texts are the one source of their documentation (also of `binarize finetune --help`).
 FinetuneConfig.__doc__ = FinetuneConfig.__doc__.rstrip(" ") + field_docs(FinetuneConfig) + "\n"
 
 #: What a field left at None means when the student's method gives no default.
-OFF = {"center_loss_weight": 0.0, "bn_refresh": False}
+OFF = {"center_loss_weight": 0.0, "bn_refresh": False, "gan_weight": 0.0}
 
 
 def method_defaults(config: FinetuneConfig, policy) -> Dict[str, Any]:
-    """``center_loss_weight`` and ``bn_refresh`` as this run uses them: the config's value, else the
+    """``center_loss_weight``, ``bn_refresh`` and ``gan_weight`` as this run uses them: the config's value, else the
     method's default (``policy.finetune_defaults``), else off."""
     return {name: getattr(config, name) if getattr(config, name) is not None
             else policy.finetune_defaults.get(name, off) for name, off in OFF.items()}

@@ -128,8 +128,7 @@ class _Trainer:
         defaults = method_defaults(config, self.policy)
         self.bn_refresh = defaults["bn_refresh"]
         sample = train_loader.dataset[0][0][None].to(self.device)
-        self.objective = build_objective(config, self.model, self.teacher, sample, defaults["center_loss_weight"],
-                                         self.device)
+        self.objective = build_objective(config, self.model, self.teacher, sample, defaults, self.device)
         adversarial = self.objective.find(AdversarialFeatures)
         self.discriminators = adversarial.discriminators if adversarial else nn.ModuleDict()
         center = self.objective.find(CenterTerm)

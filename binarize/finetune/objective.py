@@ -10,7 +10,7 @@ are saved with the training state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -319,14 +319,17 @@ class Objective:
 
 
 def build_objective(config, student: nn.Module, teacher: Optional[nn.Module], sample: torch.Tensor,
-                    center_weight: float, device) -> Objective:
-    """The terms ``config`` switches on. One forward pass of ``sample`` tells the shapes of the
-    compared feature maps (and checks that teacher and student agree) and of the center features."""
+                    defaults: Dict[str, Any], device) -> Objective:
+    """The terms ``config`` switches on; ``defaults``: the fields a method resolves
+    (:func:`binarize.finetune.config.method_defaults`: center and GAN weights). One forward pass of
+    ``sample`` tells the shapes of the compared feature maps (and checks that teacher and student
+    agree) and of the center features."""
+    center_weight, gan_weight = defaults["center_loss_weight"], defaults["gan_weight"]
     terms: List[Term] = [CrossEntropy(config.ce_weight)]
     if teacher is not None and config.kd_weight > 0:
         terms.append(Distillation(config.kd_weight, config.kd_temperature))
     adversarial = None
-    if teacher is not None and config.gan_weight > 0:
+    if teacher is not None and gan_weight > 0:
         names = default_feature_maps(student) if config.gan_features == "auto" else list(config.gan_features)
         for name in names:
             for role, model in (("student", student), ("teacher", teacher)):
@@ -335,7 +338,7 @@ def build_objective(config, student: nn.Module, teacher: Optional[nn.Module], sa
                 except AttributeError:
                     raise ValueError(f"gan_features: the {role} has no module {name!r}") from None
         if names:
-            adversarial = AdversarialFeatures(student, teacher, names, config.gan_weight, config.gan_lr,
+            adversarial = AdversarialFeatures(student, teacher, names, gan_weight, config.gan_lr,
                                               config.gan_reduction)
             terms.append(adversarial)
     terms.append(LayerLosses(student))

@@ -77,11 +77,20 @@ class TrainingPolicy:
         return []
 
     def training_phases(self, model: nn.Module, config: "FinetuneConfig") -> List[Phase]:
-        """The phases of a run from ``model``'s current state: by default one, ``epochs`` at ``lr``."""
-        if config.stage1_epochs:
-            raise ValueError(f"stage1_epochs is for two-stage students "
-                             f"({', '.join(staged_methods()) or 'none registered'}); this one has one stage")
-        return [Phase("train", config.epochs, config.lr, None)]
+        """The phases of a run from ``model``'s current state. With ``config.two_step`` and binary
+        layers: stage 1 (binary activations, real-valued weights: ``BinaryLayer.real_weights``) for
+        ``stage1_epochs`` (None: as many as ``epochs``) at ``stage1_lr``, then stage 2 (binary weights)
+        for ``epochs`` at ``lr``, as Martinez et al. (2020) and ReActNet. Otherwise one phase,
+        ``epochs`` at ``lr``."""
+        binary = any(isinstance(m, BinaryLayer) for m in model.modules())
+        if not (config.two_step and binary):
+            if config.stage1_epochs:
+                raise ValueError(f"stage1_epochs={config.stage1_epochs} needs a binary student and two_step=True "
+                                 f"(or a two-stage method: {', '.join(staged_methods()) or 'none registered'})")
+            return [Phase("train", config.epochs, config.lr, None)]
+        stage1 = config.epochs if config.stage1_epochs is None else config.stage1_epochs
+        phases = [Phase("stage 1", stage1, config.stage1_lr, 1)] if stage1 else []
+        return phases + [Phase("stage 2", config.epochs, config.lr, 2)]
 
     def current_stage(self, model: nn.Module) -> Optional[int]:
         """The stage ``model``'s layers are in (None: the method has no stages)."""
@@ -94,7 +103,10 @@ class TrainingPolicy:
 
     def prepare_phase(self, model: nn.Module, phase: Phase) -> None:
         """Called at the start of every epoch of ``phase`` (also a resumed one): put the model in
-        the phase's stage if it is not there yet."""
+        the phase's stage if it is not there yet (here: the two-step schedule's real weights)."""
+        for layer in model.modules():
+            if isinstance(layer, BinaryLayer):
+                layer.real_weights = phase.stage == 1
 
 
 @dataclass(frozen=True)

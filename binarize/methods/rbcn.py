@@ -92,7 +92,7 @@ class RBCNMethod(Method):
     """C trains with its own optimizer at ``rbcn_c_lr`` (eta2 of eq. 15); the BatchNorm layers are
     updated after every epoch (algorithm 1, line 17; ``bn_refresh_mode`` says how)."""
 
-    finetune_defaults = {"bn_refresh": True}
+    finetune_defaults = {"bn_refresh": True, "gan_weight": 0.01}
     paper_recipes = {"cifar10": CIFAR, "cifar100": CIFAR, "imagenet": IMAGENET}
 
     def parameter_groups(self, model, config):

@@ -194,17 +194,20 @@ def test_state_dict_round_trip_and_checkpoint_recipe_rebuild_the_widened_model(t
 
 
 def test_version_1_and_2_data_rebuild_the_max_layout():
-    """CBCNConfig version 3 added ``layout``: older plain data described max-over-orientations layers.
-    Mutation caught: no version-2 upgrade entry. (An upgrade that lets ``layout`` take its default
-    passes while the default is "max": the two then build the same model.)"""
+    """CBCNConfig version 3 added ``layout`` (and, with every method, ``input_threshold`` and ``rprelu``):
+    older plain data described max-over-orientations layers without either. Mutation caught: no
+    version-2 upgrade entry; a CBCN upgrade that drops ConvertConfig's own version-2 step. (An upgrade
+    that lets ``layout`` take its default passes while the default is "max": the two then build the
+    same model.)"""
     current = CBCNConfig(orientations=2, layout="widen").to_data()
     assert current["version"] == 3 and current["layout"] == "widen"
-    version_2 = {k: v for k, v in current.items() if k != "layout"} | {"version": 2}
+    version_2 = {k: v for k, v in current.items() if k not in ("layout", "input_threshold", "rprelu")} | {"version": 2}
     def read(options):
         return ckpt.config_from_data({"method": "cbcn", "options": options})
 
     assert read(current).layout == "widen"
-    assert read(version_2).layout == "max"
+    old = read(version_2)
+    assert (old.layout, old.input_threshold, old.rprelu) == ("max", False, False)
     version_1 = {k: v for k, v in version_2.items() if k not in ("shortcut", "keep_costly_float")} | {"version": 1}
     old = read(version_1)
     assert (old.layout, old.shortcut, old.keep_costly_float, old.orientations) == ("max", "conv", False, 2)

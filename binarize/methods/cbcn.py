@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import ConvertConfig, added_fields
+from ..config import ConvertConfig
 from ..layers import BinaryConv2d, BinaryLinear, mean_abs_per_channel, per_channel
 from ..orientations import widen_orientations
 from ..quantizers import binary_sign
@@ -90,9 +90,10 @@ class CBCNConfig(ConvertConfig):
     activation_estimator: str = "approx_sign"
     weight_estimator: str = "gaussian"
     method = "cbcn"
-    # 3: layout; version 1 and 2 data described the max-over-orientations layers.
-    version = 3
-    upgrades = {**ConvertConfig.upgrades, 2: lambda fields: dict(added_fields(fields), layout="max")}
+    # 3 (with ConvertConfig's 3: input_threshold, rprelu): layout; version 1 and 2 data described the
+    # max-over-orientations layers.
+    version = ConvertConfig.version
+    upgrades = {**ConvertConfig.upgrades, 2: lambda fields: dict(ConvertConfig.upgrades[2](fields), layout="max")}
 
     def __post_init__(self):
         super().__post_init__()

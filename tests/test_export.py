@@ -92,12 +92,13 @@ CASES = {
 }
 
 
-def binarized(case: str, method: str, seed: int = 0, cases=CASES):
-    """(eval-mode binary model, input batch of 8) for a case of ``cases``, reproducible from ``seed``."""
+def binarized(case: str, method: str, seed: int = 0, cases=CASES, **overrides):
+    """(eval-mode binary model, input batch of 8) for a case of ``cases``, reproducible from ``seed``;
+    ``overrides``: convert options on top of the case's."""
     build, size, options = cases[case]
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    bnn = binarize.convert(trained_batchnorms(build(), generator), method, **options)
+    bnn = binarize.convert(trained_batchnorms(build(), generator), method, **{**options, **overrides})
     if method == "biper":
         binarize.set_stage(bnn, 2)
     return bnn.eval(), torch.randn(8, 3, size, size, generator=generator)

@@ -44,7 +44,9 @@ def with_input_thresholds(bnn: nn.Module, seed: int, low: float = -0.5, high: fl
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_double_skip_adds_are_fused_and_equal_the_unfused_export_bit_for_bit(case, tmp_path):
-    bnn, x = binarized(case, "bireal")
+    # Without RPReLU (rprelu=False): with it, the RPReLU sits between the folded BatchNorm and the
+    # Add, which then has no binary op's output to fuse into (test_rprelu_keeps_the_add_unfused).
+    bnn, x = binarized(case, "bireal", rprelu=False)
     fused = onnx.load(binarize.export(bnn, tmp_path / "fused.onnx", x[:1]))
     unfused = onnx.load(binarize.export(bnn, tmp_path / "unfused.onnx", x[:1], fuse_residual_adds=False))
     assert (binarize_version(fused), binarize_version(unfused)) == (2, 1)
@@ -60,6 +62,15 @@ def test_double_skip_adds_are_fused_and_equal_the_unfused_export_bit_for_bit(cas
         expected = session(unfused.SerializeToString(), threads=1, isa=isa).run(None, feed)[0]
         np.testing.assert_array_equal(actual, expected, err_msg=isa)  # the same float additions
     assert_runtime_matches_pytorch(fused, bnn, x, f"{case}/bireal fused")
+
+
+def test_rprelu_keeps_the_add_unfused(tmp_path):
+    """With RPReLU on (the default), the double skip adds the RPReLU's output, not the binary op's: no
+    Add is fused, and the export still matches PyTorch."""
+    bnn, x = binarized("cifar", "bireal")
+    model = onnx.load(binarize.export(bnn, tmp_path / "m.onnx", x[:1]))
+    assert not [node for node in binary_nodes(model) if len(node.input) == 6 and node.input[5]]
+    assert_runtime_matches_pytorch(model, bnn, x, "cifar/bireal with RPReLU")
 
 
 def test_add_of_another_shape_is_not_fused(tmp_path):
@@ -154,7 +165,8 @@ def test_models_without_v2_features_export_as_before(case, method, fuse, tmp_pat
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__}
     if versions != RECORDED_WITH:
         pytest.skip(f"digests recorded with {RECORDED_WITH}, running {versions}: the exporter's output may differ")
-    bnn, x = binarized(case, method, cases={**CASES, **NO_BATCHNORM_CASES})
+    # The model that release built: no RSign thresholds, no RPReLU (ConvertConfig version 2's options).
+    bnn, x = binarized(case, method, cases={**CASES, **NO_BATCHNORM_CASES}, input_threshold=False, rprelu=False)
     model = onnx.load(binarize.export(bnn, tmp_path / "v1.onnx", x[:1], fuse_residual_adds=fuse))
     assert binarize_version(model) == 1
     assert hashlib.sha256(without_stack_traces(model)).hexdigest() == V1_DIGESTS[case, method, fuse]

@@ -1,7 +1,8 @@
 """The evidence report: one command regenerates accuracy/ablation tables with the papers' claims
 checked, BiPer's quantization-error figure, and speed, size and training-cost tables, with plots.
 
-    python benchmarks/report.py              # full report, about 35-40 min on 2 cores
+    python benchmarks/report.py              # full report: 132 runs of 8 epochs, over an hour on 2 cores
+    python benchmarks/report.py --from-cache # the report from the runs cached so far, training nothing
     python benchmarks/report.py --smoke      # tiny version (CI), under a minute
 
 Writes ``benchmarks/report/``: ``REPORT.md``, PNG plots (when matplotlib is installed:

@@ -48,7 +48,8 @@ def kernel_latencies(runs: int, threads: int = 1) -> List[dict]:
 def resnet18_latencies(runs: int, threads: int = 1) -> List[dict]:
     """bench_models' ResNet-18 (224x224, batch 1): binary (biper, stage 2) vs float vs ORT int8."""
     with tempfile.TemporaryDirectory() as tmp:
-        paths = bench_models.build_models(Path(tmp), calibration_images=4)
+        paths = bench_models.build_models(Path(tmp), calibration_images=4, name="resnet18", method="biper",
+                                          options={}, int8_float_layers=False)
         feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
             bench_models.INPUT_SHAPE).astype(np.float32)}
         labels = list(paths)

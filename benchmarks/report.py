@@ -174,8 +174,10 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"`epochs={recipe.student_epochs // 2}`, its stage 1 as long), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
              + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
-               "refresh; CBCN: center loss). Conversion defaults: RSign thresholds and RPReLU on every binary "
-               "layer; first conv, 1x1 shortcuts and classifier stay float.", ""]
+               "refresh; CBCN: center loss). Conversion defaults: "
+             + ("RSign thresholds" if acc.ConvertConfig().input_threshold else "no RSign thresholds")
+             + (" and RPReLU" if acc.ConvertConfig().rprelu else ", no RPReLU")
+             + " on every binary layer; first conv, 1x1 shortcuts and classifier stay float.", ""]
     rows = [[label] + [str(cells[(n, d, label)]) if (n, d, label) in cells else "-" for n, d in settings]
             for label in labels]
     lines += markdown_table(["method"] + [f"{n}, {d}" for n, d in settings], rows)

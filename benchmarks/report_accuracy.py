@@ -7,6 +7,7 @@ interrupted report resumes where it stopped; the teachers are cached as state_di
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -135,7 +136,7 @@ ABLATIONS = (
 #: One lever of the default recipe changed back (or a left-out one added); (variant, the METHODS label).
 LEVERS = (
     (Variant("xnor -RSign", "xnor", {"input_threshold": False}), "xnor"),
-    (Variant("xnor -RPReLU", "xnor", {"rprelu": False}), "xnor"),
+    (Variant("xnor +RPReLU", "xnor", {"rprelu": True}), "xnor"),
     (Variant("xnor SGD", "xnor", {}, {k: VERSION_2_DEFAULTS[k] for k in ("optimizer", "lr", "stage1_lr")}), "xnor"),
     (Variant("xnor +two step", "xnor", {}, {"two_step": True}), "xnor"),
     (Variant("xnor +weight decay", "xnor", {}, {"weight_decay": 1e-4}), "xnor"),
@@ -170,7 +171,15 @@ class Recipe:
         """Names the cache folder, so that runs of different recipes (or library defaults) never mix."""
         steps = f"-steps{self.steps_per_epoch}" if self.steps_per_epoch else ""
         return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_student{self.student_epochs}ep-defaults"
-                f"-finetune{FinetuneConfig.version}-convert{ConvertConfig.version}{steps}")
+                f"-finetune{FinetuneConfig.version}-convert{ConvertConfig.version}-{defaults_digest()}{steps}")
+
+
+def defaults_digest() -> str:
+    """A short digest of every default the students train with (FinetuneConfig's and each method's
+    convert config's): a default changed within a config version (RPReLU switched off) gets new runs."""
+    defaults = {"finetune": FinetuneConfig().to_data(),
+                **{name: method.config().to_data() for name, method in sorted(binarize.METHODS.items())}}
+    return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 @dataclass(frozen=True)

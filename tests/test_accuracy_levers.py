@@ -108,7 +108,7 @@ def test_rprelu_matches_its_formula_and_starts_as_the_identity():
 
 def test_rprelu_sits_after_each_binary_layers_batchnorm_before_the_double_skip():
     model = resnet_small(blocks=(1, 1, 1)).eval()
-    bnn = binarize.convert(model, "bireal")
+    bnn = binarize.convert(model, "bireal", rprelu=True)
     plain = binarize.convert(model, "bireal", rprelu=False, input_threshold=False)
     x = torch.randn(2, 1, 28, 28)
     assert torch.allclose(bnn.eval()(x), plain.eval()(x), atol=1e-6)  # identities at first
@@ -125,11 +125,11 @@ def test_rprelu_sits_after_each_binary_layers_batchnorm_before_the_double_skip()
 
 @pytest.mark.parametrize("method", ["xnor", "bireal", "biper", "cbcn", "rbcn"])
 def test_export_with_thresholds_and_rprelu_matches_pytorch(tmp_path, method):
-    """The thresholds export as a standard Sub in front of the binary op, RPReLU as Sub/PRelu/Add."""
+    """The thresholds export as the binary op's threshold input, RPReLU as Sub/PRelu/Add."""
     import onnx
 
     torch.manual_seed(0)
-    bnn = binarize.convert(resnet_small(blocks=(1, 1, 1)), method)
+    bnn = binarize.convert(resnet_small(blocks=(1, 1, 1)), method, rprelu=True)
     if method == "biper":
         binarize.set_stage(bnn, 2)
     randomize(bnn)

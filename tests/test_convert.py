@@ -75,7 +75,7 @@ def test_resnet18_double_skips_reuse_downsample_and_add_no_parameters(torchvisio
     count = lambda m: sum(p.numel() for p in m.parameters())
     hardtanh = sum(isinstance(m, nn.Hardtanh) for m in bnn.modules())
     assert count(bnn) == count(model) and hardtanh == 16
-    full = binarize.convert(model, "bireal")
+    full = binarize.convert(model, "bireal", rprelu=True)
     binary = [m for _, m in binarize.binary_layers(full)]
     assert count(full) - count(model) == sum(m.in_channels + 3 * m.out_channels for m in binary)
     adds = lambda g: sum(n.op == "call_function" and n.target is operator.add for n in g.graph.nodes)

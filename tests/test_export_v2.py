@@ -44,8 +44,8 @@ def with_input_thresholds(bnn: nn.Module, seed: int, low: float = -0.5, high: fl
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_double_skip_adds_are_fused_and_equal_the_unfused_export_bit_for_bit(case, tmp_path):
-    # Without RPReLU (rprelu=False): with it, the RPReLU sits between the folded BatchNorm and the
-    # Add, which then has no binary op's output to fuse into (test_rprelu_keeps_the_add_unfused).
+    # Without RPReLU (the default; with rprelu=True the RPReLU sits between the folded BatchNorm and
+    # the Add, which then has no binary op's output to fuse into: test_rprelu_keeps_the_add_unfused).
     bnn, x = binarized(case, "bireal", rprelu=False)
     fused = onnx.load(binarize.export(bnn, tmp_path / "fused.onnx", x[:1]))
     unfused = onnx.load(binarize.export(bnn, tmp_path / "unfused.onnx", x[:1], fuse_residual_adds=False))
@@ -65,9 +65,9 @@ def test_double_skip_adds_are_fused_and_equal_the_unfused_export_bit_for_bit(cas
 
 
 def test_rprelu_keeps_the_add_unfused(tmp_path):
-    """With RPReLU on (the default), the double skip adds the RPReLU's output, not the binary op's: no
-    Add is fused, and the export still matches PyTorch."""
-    bnn, x = binarized("cifar", "bireal")
+    """With RPReLU on (``rprelu=True``), the double skip adds the RPReLU's output, not the binary op's:
+    no Add is fused, and the export still matches PyTorch."""
+    bnn, x = binarized("cifar", "bireal", rprelu=True)
     model = onnx.load(binarize.export(bnn, tmp_path / "m.onnx", x[:1]))
     assert not [node for node in binary_nodes(model) if len(node.input) == 6 and node.input[5]]
     assert_runtime_matches_pytorch(model, bnn, x, "cifar/bireal with RPReLU")

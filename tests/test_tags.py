@@ -26,7 +26,7 @@ def describe(gm):
 
 
 def test_passes_tag_what_they_build():
-    bnn = binarize.convert(PlainNet(), "xnor", double_skip=True)
+    bnn = binarize.convert(PlainNet(), "xnor", double_skip=True, rprelu=True)
     found = describe(bnn)
     binary = [(name, bn) for role, name, bn in found if role == "binary_layer"]
     assert binary == [("XnorConv2d", "bn1"), ("XnorConv2d", "bn2"), ("XnorConv2d", None)]

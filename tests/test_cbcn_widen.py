@@ -24,12 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_export import CASES, assert_runtime_matches_pytorch, trained_batchnorms  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py's
 
 
 def resnet8():

@@ -76,6 +76,14 @@ def conv_cases(draw):
     return n, c, m, (kh, kw), (sh, sw), pads, (dh, dw), (h, w), draw(st.integers(0, 2**32 - 1))
 
 
+def assert_every_path_gives(model: bytes, feed: dict, expected: np.ndarray) -> None:
+    """The model's output on every kernel path this machine runs, against the reference result."""
+    for isa in ISAS:
+        y = runtime.session(model, threads=2, isa=isa).run(None, feed)[0]
+        assert y.shape == expected.shape, isa
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+
+
 @FUZZ
 @given(conv_cases())
 def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
@@ -94,10 +102,7 @@ def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
                         [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
                          helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
                          helper.make_attribute("dilations", list(dilation))])
-    for isa in ISAS:
-        y = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
-        assert y.shape == expected.shape, isa
-        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+    assert_every_path_gives(model, {"X": x}, expected)
 
 
 @FUZZ
@@ -112,10 +117,7 @@ def test_random_linear_matches_float_matmul_of_signs_on_every_path(rows, feature
     expected = (float_sign(x) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
     model = model_bytes("BinaryLinear", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
                                                   "bias": bias}, [helper.make_attribute("in_features", features)])
-    for isa in ISAS:
-        y = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
-        assert y.shape == expected.shape, isa
-        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+    assert_every_path_gives(model, {"X": x}, expected)
 
 
 # ---- version 2: threshold and residual --------------------------------------------------------
@@ -166,10 +168,7 @@ def test_random_conv_v2_matches_float_conv_of_thresholded_signs_plus_residual(ca
                         inputs=v2_inputs(with_threshold, with_residual), version=2,
                         graph_inputs={"R": residual.shape} if with_residual else None)
     feed = {"X": x, **({"R": residual} if with_residual else {})}
-    for isa in ISAS:
-        y = runtime.session(model, threads=2, isa=isa).run(None, feed)[0]
-        assert y.shape == expected.shape, isa
-        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+    assert_every_path_gives(model, feed, expected)
 
 
 @FUZZ
@@ -194,10 +193,7 @@ def test_random_linear_v2_matches_float_matmul_of_thresholded_signs_plus_residua
                         inputs=v2_inputs(with_threshold, with_residual), version=2,
                         graph_inputs={"R": residual.shape} if with_residual else None)
     feed = {"X": x, **({"R": residual} if with_residual else {})}
-    for isa in ISAS:
-        y = runtime.session(model, threads=2, isa=isa).run(None, feed)[0]
-        assert y.shape == expected.shape, isa
-        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
+    assert_every_path_gives(model, feed, expected)
 
 
 # ---- hostile attributes ---------------------------------------------------------------------

@@ -21,12 +21,7 @@ TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(4,8,8)", "--mode
 sys.path.insert(0, str(Path(__file__).parent))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py's
 
 
 # The papers' numbers, written out from their text (section 3.1 of BiPer and RBCN, 4.1 of CBCN).

@@ -229,6 +229,24 @@ def test_widened_model_exports_and_matches_pytorch_in_onnx_runtime(case, tmp_pat
     assert_runtime_matches_pytorch(model, bnn, x, f"{case}/cbcn widen")
 
 
+def test_widened_layers_learn_k_wide_thresholds_that_export_as_the_op_s_threshold(tmp_path):
+    """RSign on a widened layer: one threshold per channel of the K-wide map it reads (K * C), exported
+    as BinaryConv2d v2's threshold input and matching PyTorch. Mutation caught: the threshold sized by
+    the float conv's C (before the method widens the layer)."""
+    torch.manual_seed(0)
+    bnn = widen(resnet_small(in_channels=1, blocks=(1, 1, 1)), k=2).eval()
+    with torch.no_grad():
+        for _, layer in binarize.binary_layers(bnn):
+            assert layer.input_threshold.shape == (layer.in_channels,) and layer.feature_orientations == 2
+            layer.input_threshold.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 1, 28, 28)
+    model = onnx.load(binarize.export(bnn, tmp_path / "widen.onnx", x[:1]))
+    thresholds = [node for node in model.graph.node if node.domain == "binarize" and len(node.input) > 4
+                  and node.input[4]]
+    assert len(thresholds) == len(list(binarize.binary_layers(bnn)))
+    assert_runtime_matches_pytorch(model, bnn, x, "resnet8/cbcn widen with thresholds")
+
+
 def test_widened_student_trains_with_kd_discriminators_and_center_loss():
     """RBCN's discriminators compare the student's K-wide maps after the max over orientations with
     the teacher's. Mutation caught: AdversarialFeatures reading the student taps unpooled (shape error)."""

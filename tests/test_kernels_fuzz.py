@@ -141,6 +141,22 @@ def float_sign_minus(x: np.ndarray, threshold: np.ndarray, axis: int) -> torch.T
     return float_sign((x - threshold.reshape(shape)).astype(np.float32))
 
 
+def assert_v2_case(op: str, x: np.ndarray, attributes: list, w_signs: np.ndarray, multiplier: np.ndarray,
+                   bias: np.ndarray, expected: np.ndarray, threshold, with_residual: bool, rng) -> None:
+    """A version-2 node with the given weights, the optional threshold input (None: left out) and, with
+    ``with_residual``, a random residual graph input added to ``expected``, on every kernel path."""
+    residual = rng.standard_normal(expected.shape).astype(np.float32)
+    if with_residual:
+        expected = expected + residual
+    initializers = {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias}
+    if threshold is not None:
+        initializers["threshold"] = threshold
+    model = model_bytes(op, x.shape, initializers, attributes,
+                        inputs=v2_inputs(threshold is not None, with_residual), version=2,
+                        graph_inputs={"R": residual.shape} if with_residual else None)
+    assert_every_path_gives(model, {"X": x, **({"R": residual} if with_residual else {})}, expected)
+
+
 @FUZZ
 @given(conv_cases(), st.booleans(), st.booleans())
 def test_random_conv_v2_matches_float_conv_of_thresholded_signs_plus_residual(case, with_threshold, with_residual):
@@ -154,21 +170,12 @@ def test_random_conv_v2_matches_float_conv_of_thresholded_signs_plus_residual(ca
     top, left, bottom, right = pads
     d = F.conv2d(F.pad(float_sign_minus(x, threshold, 1), (left, right, top, bottom)),
                  torch.from_numpy(w_signs).double(), stride=stride, dilation=dilation).numpy()
-    expected = d * multiplier[:, None, None] + bias[:, None, None]
-    residual = rng.standard_normal(expected.shape).astype(np.float32)
-    if with_residual:
-        expected = expected + residual
-    initializers = {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias}
-    if with_threshold:
-        initializers["threshold"] = threshold
-    model = model_bytes("BinaryConv2d", x.shape, initializers,
-                        [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
-                         helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
-                         helper.make_attribute("dilations", list(dilation))],
-                        inputs=v2_inputs(with_threshold, with_residual), version=2,
-                        graph_inputs={"R": residual.shape} if with_residual else None)
-    feed = {"X": x, **({"R": residual} if with_residual else {})}
-    assert_every_path_gives(model, feed, expected)
+    attributes = [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
+                  helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
+                  helper.make_attribute("dilations", list(dilation))]
+    assert_v2_case("BinaryConv2d", x, attributes, w_signs, multiplier, bias,
+                   d * multiplier[:, None, None] + bias[:, None, None],
+                   threshold if with_threshold else None, with_residual, rng)
 
 
 @FUZZ
@@ -183,17 +190,8 @@ def test_random_linear_v2_matches_float_matmul_of_thresholded_signs_plus_residua
     multiplier = rng.uniform(0.5, 2.0, out_features).astype(np.float32)
     bias = rng.standard_normal(out_features).astype(np.float32)
     expected = (float_sign_minus(x, threshold, -1) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
-    residual = rng.standard_normal(expected.shape).astype(np.float32)
-    if with_residual:
-        expected = expected + residual
-    initializers = {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias}
-    if with_threshold:
-        initializers["threshold"] = threshold
-    model = model_bytes("BinaryLinear", x.shape, initializers, [helper.make_attribute("in_features", features)],
-                        inputs=v2_inputs(with_threshold, with_residual), version=2,
-                        graph_inputs={"R": residual.shape} if with_residual else None)
-    feed = {"X": x, **({"R": residual} if with_residual else {})}
-    assert_every_path_gives(model, feed, expected)
+    assert_v2_case("BinaryLinear", x, [helper.make_attribute("in_features", features)], w_signs, multiplier, bias,
+                   expected, threshold if with_threshold else None, with_residual, rng)
 
 
 # ---- hostile attributes ---------------------------------------------------------------------

@@ -1,6 +1,11 @@
 """Per-layer speed of BinaryConv2d (every kernel path) against ONNX Runtime's float and int8 Conv.
 
     PYTHONPATH=. python benchmarks/bench_kernels.py [--runs 400] [--threads 1 2]
+    PYTHONPATH=. python benchmarks/bench_kernels.py --crossover [--runs 200]
+
+``--crossover``: where binary pays. 1x1 and 3x3 convs of 8-512 input channels (to 128 channels on
+56x56 and to 256 on 14x14), the fastest binary path against ORT float, 1 thread, next to the
+estimate of ``binarize.passes.layer_cost`` that ``convert``'s cost rule (``keep_costly_float``) uses.
 
 Every model is a single 3x3 convolution (stride 1, pad 1, batch 1, C -> C channels) run through
 onnxruntime.InferenceSession.run with the same input and thread count; the time is the median
@@ -38,6 +43,8 @@ from binarize import packing, runtime
 from binarize.kernels import available_isas
 
 LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]  # (channels, spatial size)
+CROSSOVER_CHANNELS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512)
+CROSSOVER_OUTPUTS = ((128, 56), (256, 14))  # (output channels, spatial size)
 LOOP_BOUND_LAYER = (512, 12)
 OPSETS = [helper.make_opsetid("", 17), helper.make_opsetid("binarize", 1)]
 
@@ -48,26 +55,29 @@ def finish(graph) -> onnx.ModelProto:
     return model
 
 
-def io(c, size):
+def io(c, size, out=None):
     return ([helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size])],
-            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, c, size, size])])
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, out or c, size, size])])
 
 
-def binary_model(c, size, rng) -> bytes:
-    signs = np.where(rng.random((c, c, 3, 3)) < 0.5, -1.0, 1.0).astype(np.float32)
+def binary_model(c, size, rng, kernel=3, out=None) -> bytes:
+    """A ``kernel`` x ``kernel`` BinaryConv2d, stride 1, "same" padding, ``c`` -> ``out`` (default ``c``) channels."""
+    out, pad = out or c, kernel // 2
+    signs = np.where(rng.random((out, c, kernel, kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
     node = helper.make_node("BinaryConv2d", ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize",
-                            kernel_shape=[3, 3], in_channels=c, pads=[1, 1, 1, 1])
+                            kernel_shape=[kernel, kernel], in_channels=c, pads=[pad] * 4)
     inits = [numpy_helper.from_array(packing.pack_weight(signs), "W"),
-             numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), "multiplier"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "bias")]
-    return finish(helper.make_graph([node], "binary", *io(c, size), initializer=inits)).SerializeToString()
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, out).astype(np.float32), "multiplier"),
+             numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "bias")]
+    return finish(helper.make_graph([node], "binary", *io(c, size, out), initializer=inits)).SerializeToString()
 
 
-def float_model(c, size, rng) -> onnx.ModelProto:
-    node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    inits = [numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.05).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), "B")]
-    return finish(helper.make_graph([node], "float", *io(c, size), initializer=inits))
+def float_model(c, size, rng, kernel=3, out=None) -> onnx.ModelProto:
+    out, pad = out or c, kernel // 2
+    node = helper.make_node("Conv", ["X", "W", "B"], ["Y"], kernel_shape=[kernel, kernel], pads=[pad] * 4)
+    inits = [numpy_helper.from_array((rng.standard_normal((out, c, kernel, kernel)) * 0.05).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "B")]
+    return finish(helper.make_graph([node], "float", *io(c, size, out), initializer=inits))
 
 
 class RandomCalibration(CalibrationDataReader):
@@ -159,7 +169,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--crossover", action="store_true", help="only the table of where binary pays")
     args = parser.parse_args()
+    if args.crossover:
+        print_crossover(args.runs)
+        return
     isas = [isa for isa in available_isas() if isa != "reference"]
     rng = np.random.default_rng(0)
     models = {}
@@ -191,6 +205,27 @@ def main():
             print(row)
     if single_thread_times:
         print_macs_per_cycle(isas, single_thread_times, rng, max(20, args.runs // 20))
+
+
+def print_crossover(runs):
+    """Float/binary time of 1x1 and 3x3 convs by input channels, against the cost rule's estimate."""
+    from binarize.passes import BINARY_FIXED_MACS, BINARY_WORD_MACS
+
+    rng, isa = np.random.default_rng(0), available_isas()[0]
+    print(f"binary path {isa} against ORT float, 1 thread, median of {runs} runs; estimate: float MACs per output "
+          f"value over {BINARY_FIXED_MACS} + {BINARY_WORD_MACS} per packed 64-bit word (binarize.passes.layer_cost)")
+    print(f"{'layer':<22}{'binary us':>11}{'float us':>11}{'float/binary':>14}{'estimate':>10}")
+    for kernel in (1, 3):
+        for out, size in CROSSOVER_OUTPUTS:
+            for c in CROSSOVER_CHANNELS:
+                feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
+                sessions = [runtime.session(binary_model(c, size, rng, kernel, out), threads=1, isa=isa),
+                            plain_session(float_model(c, size, rng, kernel, out).SerializeToString(), 1)]
+                binary, fp = median_us(sessions, feed, runs)
+                taps = kernel * kernel
+                estimate = taps * c / (BINARY_FIXED_MACS + taps * -(-c // 64) * BINARY_WORD_MACS)
+                print(f"{f'{kernel}x{kernel} {c}->{out}@{size}x{size}':<22}{binary:>11.1f}{fp:>11.1f}{fp / binary:>13.2f}x"
+                      f"{estimate:>9.2f}x", flush=True)
 
 
 def print_macs_per_cycle(isas, times, rng, runs):

@@ -13,6 +13,9 @@ ACTIVATIONS = ("hardtanh", "prelu", "identity")
 #: float 1x1 conv + BatchNorm; "free", AvgPool + channel repetition or grouped averaging, no weights;
 #: "auto", "free" for 1x1 convs and "conv" for larger kernels.
 SHORTCUTS = ("auto", "conv", "free")
+#: What ``keep_costly_float`` charges a binary layer (binarize.passes.layer_cost): "kernel" the binary
+#: kernel and its new shortcut, "shortcut" (version 2-3 recipes) only a new float conv shortcut.
+COST_MODELS = ("kernel", "shortcut")
 
 
 class ConfigVersionError(ValueError):
@@ -131,8 +134,13 @@ class ConvertConfig(VersionedConfig):
       (AvgPool + channel repetition / grouped averaging, no weights; "conv" where neither channel
       count divides the other) or ``"auto"`` (default: "free" for 1x1 convs, whose float shortcut
       would cost as much as the layer, "conv" for larger kernels, as Bi-Real).
-    - ``keep_costly_float``: keep in float the 1x1 convs that would still get a float conv shortcut
-      (:func:`binarize.passes.keep_costly_layers_float`); the plan says which and why.
+    - ``keep_costly_float``: keep in float every layer whose binary version with its new shortcut
+      would not be faster than the float layer (:func:`binarize.passes.keep_costly_layers_float`): with
+      the default ``cost_model="kernel"``, 1x1 convs of fewer than about 48 input channels and 3x3
+      convs of fewer than 16 (:func:`binarize.passes.layer_cost`, fitted to measured kernel times); the
+      plan says which and why.
+    - ``cost_model``: ``"kernel"`` (default) or ``"shortcut"``: charge only a new float conv shortcut
+      (version 2-3 recipes: only shape-changing 1x1 convs with a float conv shortcut stay float).
     - ``activation``: what replaces a ReLU-like activation in front of a binary layer:
       ``"hardtanh"`` (default), ``"prelu"`` (one learnable slope, 0.25) or ``"identity"``.
       Float layers keep their activations.
@@ -157,6 +165,7 @@ class ConvertConfig(VersionedConfig):
     double_skip: bool = True
     shortcut: str = "auto"
     keep_costly_float: bool = True
+    cost_model: str = "kernel"
     activation: str = "hardtanh"
     input_threshold: bool = True
     rprelu: bool = False
@@ -166,11 +175,12 @@ class ConvertConfig(VersionedConfig):
     weight_estimator: str = "ste"
 
     method = "base"  # class attribute, set by each method's config
-    # 2: shortcut and keep_costly_float; 3: input_threshold (on by default) and rprelu. Older
-    # plain data rebuilds the model it described.
-    version = 3
+    # 2: shortcut and keep_costly_float; 3: input_threshold (on by default) and rprelu; 4: cost_model.
+    # Older plain data rebuilds the model it described.
+    version = 4
     upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False),
-                2: lambda fields: {"input_threshold": False, "rprelu": False, **fields}}
+                2: lambda fields: {"input_threshold": False, "rprelu": False, **fields},
+                3: lambda fields: {"cost_model": "shortcut", **fields}}
 
     def __post_init__(self):
         from .quantizers import ESTIMATORS
@@ -179,6 +189,8 @@ class ConvertConfig(VersionedConfig):
             raise ValueError(f"activation={self.activation!r}: expected one of {ACTIVATIONS}")
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut={self.shortcut!r}: expected one of {SHORTCUTS}")
+        if self.cost_model not in COST_MODELS:
+            raise ValueError(f"cost_model={self.cost_model!r}: expected one of {COST_MODELS}")
         for name in ("activation_estimator", "weight_estimator"):
             value = getattr(self, name)
             if value not in ESTIMATORS:

@@ -45,8 +45,8 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
     if not plan.binary:
         raise ValueError(f"convert: no layer of {type(model).__name__} can be binarized with these "
                          f"options; every Conv2d/Linear stays float:\n{plan}")
-    if config.keep_costly_float and config.double_skip:
-        passes.keep_costly_layers_float(gm, plan, config.shortcut)
+    if config.keep_costly_float:
+        passes.keep_costly_layers_float(gm, plan, config)
     if not plan.binary:
         raise ValueError(f"convert: no layer of {type(model).__name__} is worth binarizing with these "
                          f"options (keep_costly_float=False binarizes them anyway):\n{plan}")

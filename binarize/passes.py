@@ -5,8 +5,8 @@
 1. :func:`trace` - symbolic trace, with a clear error naming the module that cannot be traced;
 2. :func:`disable_inplace` - in-place activations would overwrite tensors the new branches read;
 3. :func:`plan_binary_layers` - which Conv2d/Linear modules become binary, and why the others stay float;
-4. :func:`keep_costly_layers_float` - 1x1 convs whose new float shortcut would cost more than they save
-   stay float (with ``double_skip``);
+4. :func:`keep_costly_layers_float` - layers whose binary version with its new shortcut would not be
+   faster than the float layer (:func:`layer_cost`) stay float;
 5. :func:`add_double_skips` - a Bi-Real shortcut around every binary conv and its BatchNorm;
 6. :func:`rewrite_sign_inputs` - a binary layer binarizes its input, and sign(ReLU(x)) = +1 everywhere
    (sign(0) = +1), so the ReLU-like activation in front of it is replaced, for that layer only;
@@ -315,24 +315,83 @@ def _needs_new_shortcut(gm: fx.GraphModule, node: fx.Node, binary: set) -> bool:
             and _existing_downsample(gm, node, conv, binary) is None)
 
 
-def keep_costly_layers_float(gm: fx.GraphModule, plan: "LayerPlan", shortcut: str) -> None:
-    """Move to float the binary 1x1 convs that would get a new float 1x1 conv shortcut.
+#: The binary kernel's cost per output value, in float multiply-adds of ONNX Runtime's float conv (the
+#: unit of :func:`keep_costly_layers_float`): a fixed part (the output's epilogue and write, and the
+#: packing of its input) and a part per 64-bit word of the packed receptive field (k*k*ceil(C/64)
+#: words: channels are packed in 64-bit words, so 24 channels cost what 64 do). Fitted to
+#: ``python benchmarks/bench_kernels.py --crossover`` (AVX2 path against ORT float, 1 thread, 1x1 and
+#: 3x3 convs of 8-512 input channels; benchmarks/RESULTS.md "Where binary pays"), where it predicts
+#: the measured float/binary time ratio within about 30 %. AVX-512 has a cheaper word, so there the
+#: rule keeps a few layers float that would have paid a little.
+BINARY_FIXED_MACS = 32
+BINARY_WORD_MACS = 12
+#: A parameter-free shortcut's cost per output value in the same unit, widening (channel Concat) and
+#: narrowing (grouped mean: ORT's ReduceMean over a middle axis is slow), from the ORT profile of
+#: MobileNetV2 (0.88 ms over 3.4 M Concat outputs, 0.70 ms over 0.54 M ReduceMean outputs; RESULTS.md,
+#: same section).
+FREE_WIDEN_MACS = 9
+FREE_NARROW_MACS = 47
 
-    Why: per output value the float conv costs ``k*k*in`` MACs, the float shortcut ``in`` MACs and the
-    binary conv ``k*k*in / B`` (B, the binary kernel's speed-up over a float MAC, is 4-18 on x86). For
-    ``k = 1`` the binary layer with its shortcut costs more than the float layer for every B, for
-    ``k >= 2`` less for every B > 1.33: the rule needs no measured constant. A 1x1 conv stays binary
-    where its shortcut is parameter-free (:func:`_shortcut_kind`) or an existing downsample branch."""
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Per output value of one layer, in float MACs: the float layer, and its binary version with the
+    shortcut the double skip would give it (0 for an identity or an existing downsample branch)."""
+
+    float_macs: int
+    binary_macs: int
+    shortcut_macs: int
+
+    @property
+    def binary_pays(self) -> bool:
+        return self.binary_macs + self.shortcut_macs < self.float_macs
+
+    def __str__(self) -> str:
+        return (f"float {self.float_macs} MACs per output value, binary about {self.binary_macs} + shortcut "
+                f"{self.shortcut_macs}")
+
+
+def layer_cost(gm: fx.GraphModule, node: fx.Node, binary: set, config: ConvertConfig) -> LayerCost:
+    """The cost of keeping the Conv2d/Linear at ``node`` float against binarizing it (``config``'s
+    ``cost_model``, ``double_skip`` and ``shortcut``). A method that multiplies a layer's work (CBCN's
+    K orientations) is charged as one binary layer: the rule asks whether binarizing the layer can pay
+    at all, not which method pays."""
+    module = module_of(gm, node)
+    taps, fan_in = (1, module.in_features) if isinstance(module, nn.Linear) else (
+        module.kernel_size[0] * module.kernel_size[1], module.in_channels)
+    binary_macs = (BINARY_FIXED_MACS + taps * -(-fan_in // 64) * BINARY_WORD_MACS
+                   if config.cost_model == "kernel" else 0)
+    shortcut_macs = 0
+    if config.double_skip and isinstance(module, nn.Conv2d) and _needs_new_shortcut(gm, node, binary):
+        kind = _shortcut_kind(module, config.shortcut)
+        if kind == "conv":
+            shortcut_macs = module.in_channels
+        elif config.cost_model == "kernel":
+            shortcut_macs = FREE_WIDEN_MACS if module.out_channels >= module.in_channels else FREE_NARROW_MACS
+    return LayerCost(taps * fan_in, binary_macs, shortcut_macs)
+
+
+def keep_costly_layers_float(gm: fx.GraphModule, plan: "LayerPlan", config: ConvertConfig) -> None:
+    """Move to float the planned layers whose binary version with its new shortcut would not be faster
+    than the float layer (:func:`layer_cost`); the plan says why for each.
+
+    Why: a binary layer exists to be faster and smaller, and below a few dozen input channels per tap
+    it is neither faster (the fixed cost per output value dominates) nor much smaller. With
+    ``cost_model="shortcut"`` only a new float 1x1 conv shortcut is charged: it costs ``in`` MACs per
+    output value, as much as a float 1x1 layer, so such 1x1 convs stay float and nothing else does."""
     binary = set(plan.binary)
     for node in gm.graph.nodes:
-        conv = module_of(gm, node)
-        if (node.op == "call_module" and node.target in binary and isinstance(conv, nn.Conv2d)
-                and tuple(conv.kernel_size) == (1, 1) and _shortcut_kind(conv, shortcut) == "conv"
-                and _needs_new_shortcut(gm, node, binary)):
+        if node.op != "call_module" or node.target not in binary:
+            continue
+        cost = layer_cost(gm, node, binary, config)
+        if not cost.binary_pays:
             binary.discard(node.target)
-            plan.kept_float[node.target] = (f"1x1 convolution {conv.in_channels} -> {conv.out_channels} channels: its "
-                                            f"new float shortcut would cost as much as the float layer "
-                                            f"(keep_costly_float=True)")
+            module = module_of(gm, node)
+            shape = (f"{module.in_features} -> {module.out_features} Linear" if isinstance(module, nn.Linear) else
+                     f"{module.kernel_size[0]}x{module.kernel_size[1]} conv {module.in_channels} -> "
+                     f"{module.out_channels} channels")
+            plan.kept_float[node.target] = (f"{shape}: binary would not be faster ({cost}; "
+                                            f"keep_costly_float=True, cost_model={config.cost_model!r})")
     plan.binary = [name for name in plan.binary if name in binary]
 
 

@@ -26,6 +26,8 @@ from test_export import CASES, assert_runtime_matches_pytorch, trained_batchnorm
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py's
 
+# tiny layers: the cost rule (keep_costly_float) would keep them float
+
 
 def resnet8():
     torch.manual_seed(0)
@@ -94,7 +96,8 @@ def test_widened_layer_is_the_k_squared_wide_binary_conv_and_its_gradient_sums_t
     input orientations; export_weight without the copies over the input orientations."""
     torch.manual_seed(0)
     k, c_in, c_out = 4, 3, 5
-    net = widen(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=True)), k, keep_first=False, keep_last=False)
+    net = widen(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=True)), k, keep_first=False, keep_last=False,
+                keep_costly_float=False)
     layer = next(m for _, m in binarize.binary_layers(net))
     assert layer.bias.shape == (k * c_out,)
     with torch.no_grad():
@@ -195,8 +198,9 @@ def test_version_1_and_2_data_rebuild_the_max_layout():
     that lets ``layout`` take its default passes while the default is "max": the two then build the
     same model.)"""
     current = CBCNConfig(orientations=2, layout="widen").to_data()
-    assert current["version"] == 3 and current["layout"] == "widen"
-    version_2 = {k: v for k, v in current.items() if k not in ("layout", "input_threshold", "rprelu")} | {"version": 2}
+    assert current["version"] == 4 and current["layout"] == "widen"
+    version_2 = {k: v for k, v in current.items()
+                 if k not in ("layout", "input_threshold", "rprelu", "cost_model")} | {"version": 2}
     def read(options):
         return ckpt.config_from_data({"method": "cbcn", "options": options})
 
@@ -277,7 +281,7 @@ def test_module_called_on_wide_and_plain_maps_is_refused_by_name():
             return self.fc(x.mean((2, 3)))
 
     with pytest.raises(ValueError, match="module 'bn' is called on K-wide and on plain"):
-        widen(Shared(), double_skip=False)
+        widen(Shared(), double_skip=False, keep_costly_float=False)
 
 
 def test_resnet18_widened_costs_what_summary_says():

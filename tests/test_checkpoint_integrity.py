@@ -12,7 +12,7 @@ from binarize.finetune.state import STATE_VERSION, read_training_state
 from binarize.methods.xnor import XnorConfig
 from binarize.models import resnet_small
 
-TINY_KWARGS = {"widths": [4, 8], "blocks": [1, 1]}
+TINY_KWARGS = {"widths": [16, 16], "blocks": [1, 1]}
 
 
 @pytest.fixture

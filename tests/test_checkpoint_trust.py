@@ -15,7 +15,7 @@ from binarize.cli import main
 from binarize.methods.xnor import XnorConfig
 from binarize.models import resnet_small
 
-TINY_KWARGS = {"widths": [4, 8], "blocks": [1, 1]}
+TINY_KWARGS = {"widths": [16, 16], "blocks": [1, 1]}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,7 +67,7 @@ def test_cli_refuses_checkpoint_code_until_trust_code(crafted, tmp_path, capsys,
 
 def test_finetune_resume_refuses_checkpoint_code_until_trust_code(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["finetune", "binarize.models:resnet_small", "--model-arg", "widths=(4,8)", "--model-arg",
+    assert main(["finetune", "binarize.models:resnet_small", "--model-arg", "widths=(16,16)", "--model-arg",
                  "blocks=(1,1)", "mnist5k", "--method", "xnor", "--epochs", "1", "--steps-per-epoch", "2",
                  "--batch-size", "16", "--run-dir", str(run), "--quiet"]) == 0
     checkpoint = ckpt.latest_checkpoint(run)

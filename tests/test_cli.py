@@ -11,7 +11,7 @@ import torch
 from binarize.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(4,8,8)", "--model-arg", "blocks=(1,1,1)"]
+TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(16,16,16)", "--model-arg", "blocks=(1,1,1)"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -194,7 +194,8 @@ def test_a_bug_keeps_its_traceback(student, tmp_path, monkeypatch):
 
 def test_set_booleans_are_parsed_strictly(tmp_path, capsys):
     out = tmp_path / "s.pt"
-    assert main(["convert", *TINY, "--set", "keep_first=false", "--set", "double_skip=False", "--out", str(out)]) == 0
+    assert main(["convert", *TINY, "--set", "keep_first=false", "--set", "double_skip=False", "--set",
+                 "keep_costly_float=False", "--out", str(out)]) == 0
     options = torch.load(out, weights_only=True)["recipe"]["convert"]["options"]
     assert options["keep_first"] is False and options["double_skip"] is False
     from binarize import BinaryLayer

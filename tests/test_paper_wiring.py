@@ -91,8 +91,9 @@ def test_cbcn_layer_gradient_is_the_sum_over_rotated_copies_plus_the_scale_path(
     shift yields the same set of copies)."""
     torch.manual_seed(0)
     k, c_in, c_out = 4, 3, 5
+    # tiny layers: the cost rule (keep_costly_float) would keep them float
     layer = binarize.convert(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)), "cbcn",
-                             keep_first=False, keep_last=False)
+                             keep_first=False, keep_last=False, keep_costly_float=False)
     layer = next(m for _, m in binarize.binary_layers(layer))
     assert layer.orientations == k  # the paper's default
     x = torch.randn(2, c_in, 6, 6, requires_grad=True)

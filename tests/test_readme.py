@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text()
 def test_quickstart_epoch_count_is_what_finetune_plans_for_biper():
     line = next(line for line in README.splitlines() if "FinetuneConfig(epochs=5)" in line)
     stated = int(re.search(r"(\d+) in all", line).group(1))
-    student = convert(resnet_small(widths=(4, 8), blocks=(1, 1)), "biper")
+    student = convert(resnet_small(widths=(16, 16), blocks=(1, 1)), "biper")
     phases = training_policy(student).training_phases(student, FinetuneConfig(epochs=5))
     assert sum(p.epochs for p in phases) == stated
 

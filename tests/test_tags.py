@@ -13,6 +13,8 @@ from binarize.methods.xnor import XnorConfig, XnorConv2d
 
 from test_convert import PlainNet  # conv0 (float) -> conv1 -> conv2 (stride 2, 8 -> 16) -> MaxPool -> conv3 -> fc
 
+# tiny layers: the cost rule (keep_costly_float) would keep them float
+
 
 def tagged(gm):
     return {node: tags.tag_of(node) for node in gm.graph.nodes if tags.tag_of(node) is not None}
@@ -26,7 +28,7 @@ def describe(gm):
 
 
 def test_passes_tag_what_they_build():
-    bnn = binarize.convert(PlainNet(), "xnor", double_skip=True, rprelu=True)
+    bnn = binarize.convert(PlainNet(), "xnor", double_skip=True, rprelu=True, keep_costly_float=False)
     found = describe(bnn)
     binary = [(name, bn) for role, name, bn in found if role == "binary_layer"]
     assert binary == [("XnorConv2d", "bn1"), ("XnorConv2d", "bn2"), ("XnorConv2d", None)]
@@ -42,18 +44,18 @@ def test_passes_tag_what_they_build():
     # average pooling is not commuting: with a PReLU in front, the pool is cloned for the binary layer
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3), nn.Flatten(),
                         nn.Linear(8, 2))
-    cloned = describe(binarize.convert(net, "xnor", activation="prelu", double_skip=False))
+    cloned = describe(binarize.convert(net, "xnor", activation="prelu", double_skip=False, keep_costly_float=False))
     assert [(role, name) for role, name, _ in cloned if role.startswith("sign_input")] == [
         ("sign_input", "PReLU"), ("sign_input_copy", "AvgPool2d")]
 
 
 def test_tags_survive_recompile_deepcopy_and_state_dict_round_trip():
-    bnn = binarize.convert(PlainNet(), "bireal")
+    bnn = binarize.convert(PlainNet(), "bireal", keep_costly_float=False)
     before = describe(bnn)
     bnn.recompile()
     assert describe(bnn) == before
     assert describe(copy.deepcopy(bnn)) == before
-    fresh = binarize.convert(PlainNet(), "bireal")  # state_dict carries tensors only: re-create, then load
+    fresh = binarize.convert(PlainNet(), "bireal", keep_costly_float=False)  # state_dict carries tensors only: re-create, then load
     fresh.load_state_dict(bnn.state_dict())
     assert describe(fresh) == before
 
@@ -65,8 +67,9 @@ def hand_built() -> nn.Sequential:
 
 
 def test_feature_maps_are_the_batchnorm_after_each_binary_layer_or_the_layer():
-    assert tags.feature_maps(binarize.convert(PlainNet(), "rbcn")) == ["bn1", "bn2", "conv3"]
-    assert tags.feature_maps(binarize.convert(PlainNet(), "rbcn", double_skip=False)) == ["bn1", "bn2", "conv3"]
+    assert tags.feature_maps(binarize.convert(PlainNet(), "rbcn", keep_costly_float=False)) == ["bn1", "bn2", "conv3"]
+    assert tags.feature_maps(binarize.convert(PlainNet(), "rbcn", double_skip=False,
+                                             keep_costly_float=False)) == ["bn1", "bn2", "conv3"]
     # untagged graphs follow the same rule (binarize.matchers.following_batchnorm)
     with pytest.warns(UserWarning, match="stay float"):  # trace's note on leaves; binary layers are meant
         traced = passes.trace(hand_built(), leaf_modules=[binarize.BinaryLayer])
@@ -87,7 +90,7 @@ def test_a_batchnorm_that_shares_the_layer_output_is_not_the_layer_s():
             y = self.conv1(self.conv0(x))
             return self.fc((self.bn(y) + y).mean((2, 3)))
 
-    bnn = binarize.convert(Shared(), "xnor")
+    bnn = binarize.convert(Shared(), "xnor", keep_costly_float=False)
     assert tags.feature_maps(bnn) == ["conv1"]
 
 
@@ -101,7 +104,7 @@ def onnx_ops():
 
 
 def test_exporter_folds_the_batchnorm_the_tag_names(onnx_ops):
-    bnn = binarize.convert(PlainNet(), "xnor", double_skip=False)
+    bnn = binarize.convert(PlainNet(), "xnor", double_skip=False, keep_costly_float=False)
     x = torch.randn(1, 3, 16, 16)
     # bn1 and bn2 fold into the binary convs (bn0 into the float conv0, by the ONNX exporter itself)
     assert onnx_ops(bnn, x)["BatchNormalization"] == 0
@@ -121,7 +124,7 @@ def test_exporter_drops_the_hardtanh_convert_inserted_and_keeps_the_user_s(onnx_
             y = self.conv1(self.clip(self.conv0(x)))  # the user's own Hardtanh
             return self.fc(self.conv2(y.relu()).mean((2, 3)))  # convert replaces this ReLU by a Hardtanh
 
-    bnn = binarize.convert(OwnHardtanh(), "xnor")
+    bnn = binarize.convert(OwnHardtanh(), "xnor", keep_costly_float=False)
     assert bnn.binarize_plan.binary == ["conv1", "conv2"]
     assert onnx_ops(bnn, torch.randn(1, 3, 12, 12))["Clip"] == 1
     # without tags (a hand-built model) every sign-preserving Hardtanh in front of binary layers goes

@@ -170,14 +170,16 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"Recipe: float teacher Adam lr {recipe.teacher_lr:g}, {recipe.teacher_epochs} epochs; each "
              f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher for "
              f"{recipe.student_epochs} epochs in all: `FinetuneConfig(epochs=...)` with every other field at its "
-             f"default (version {acc.FinetuneConfig.version}: Adam lr 2e-3, cosine decay, no weight decay; BiPer "
+             f"default (version {acc.FinetuneConfig.version}: Adam lr {acc.FinetuneConfig.lr:g} with a "
+             f"{acc.FinetuneConfig.warmup_epochs:g}-epoch warm-up, cosine decay, no weight decay; BiPer "
              f"`epochs={recipe.student_epochs // 2}`, its stage 1 as long), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
              + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
                "refresh; CBCN: center loss). Conversion defaults: "
              + ("RSign thresholds" if acc.ConvertConfig().input_threshold else "no RSign thresholds")
              + (" and RPReLU" if acc.ConvertConfig().rprelu else ", no RPReLU")
-             + " on every binary layer; first conv, 1x1 shortcuts and classifier stay float.", ""]
+             + " on every binary layer; first conv, 1x1 shortcuts, classifier and the layers the cost rule "
+               "finds slower binary (`keep_costly_float`: LeNet's 10-channel conv) stay float.", ""]
     rows = [[label] + [str(cells[(n, d, label)]) if (n, d, label) in cells else "-" for n, d in settings]
             for label in labels]
     lines += markdown_table(["method"] + [f"{n}, {d}" for n, d in settings], rows)

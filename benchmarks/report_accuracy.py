@@ -26,7 +26,7 @@ from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
 from binarize.config import ConvertConfig
 from binarize.finetune import FinetuneConfig, finetune
-from binarize.finetune.config import VERSION_2_DEFAULTS
+from binarize.finetune.config import VERSION_2_DEFAULTS, VERSION_3_DEFAULTS
 from binarize.methods import paper_recipe, training_policy
 from binarize.models import resnet_small
 
@@ -101,13 +101,15 @@ CBCN_LAYOUT_ABLATIONS = tuple(
 def paper_variant(method: str, dataset: str, convert: Optional[Dict[str, object]] = None) -> Variant:
     """A method trained with its paper's recipe for ``dataset`` (``FinetuneConfig.paper``: optimizer,
     learning rate and schedule shape, which losses are on, convert options such as RBCN's lambda1),
-    at the report's own length: the recipe's epochs and decay intervals (50-200 epochs) are left out."""
+    at the report's own length: the recipe's epochs and decay intervals (50-200 epochs) are left out.
+    The cost rule is off (``keep_costly_float=False``): the papers binarize every conv but the first and
+    the last, however narrow (LeNet's 10-channel conv)."""
     recipe = paper_recipe(method, dataset)
     lengths = ("epochs", "stage1_epochs", "lr_decay_every", "loss_weight_decay_every")
     finetune = {k: v for k, v in recipe.finetune.items() if k not in lengths}
     label = f"{method} paper {dataset}" + "".join(f" {v}" if k == "layout" else f" K={v}" if k == "orientations"
                                                   else f" {k}={v}" for k, v in sorted((convert or {}).items()))
-    return Variant(label, method, {**recipe.convert, **(convert or {})}, finetune)
+    return Variant(label, method, {"keep_costly_float": False, **recipe.convert, **(convert or {})}, finetune)
 
 
 #: The papers' own recipes (issue 10's presets): CBCN's MNIST recipe in both layouts; BiPer and RBCN
@@ -137,6 +139,9 @@ ABLATIONS = (
 LEVERS = (
     (Variant("xnor -RSign", "xnor", {"input_threshold": False}), "xnor"),
     (Variant("xnor +RPReLU", "xnor", {"rprelu": True}), "xnor"),
+    (Variant("xnor -cost rule", "xnor", {"keep_costly_float": False}), "xnor"),
+    (Variant("xnor lr 2e-3", "xnor", {}, {"lr": 2e-3, "stage1_lr": 2e-3}), "xnor"),
+    (Variant("xnor -warm-up", "xnor", {}, {"warmup_epochs": 0.0}), "xnor"),
     (Variant("xnor SGD", "xnor", {}, {k: VERSION_2_DEFAULTS[k] for k in ("optimizer", "lr", "stage1_lr")}), "xnor"),
     (Variant("xnor +two step", "xnor", {}, {"two_step": True}), "xnor"),
     (Variant("xnor +weight decay", "xnor", {}, {"weight_decay": 1e-4}), "xnor"),
@@ -144,10 +149,12 @@ LEVERS = (
     (Variant("bireal +GAN", "bireal", {}, {"gan_weight": 0.01}), "bireal"),
     (Variant("xnor +BN refresh", "xnor", {}, {"bn_refresh": True}), "xnor"),
 )
-#: Version 2's defaults (FinetuneConfig version 2, no RSign, no RPReLU) for the same epochs: the "before" rows.
+#: Version 2's defaults (FinetuneConfig version 2; no RSign, no RPReLU, the version-2 cost rule) for the
+#: same epochs: the "before" rows.
 BEFORE = tuple(
-    (Variant(f"{v.label} v2 recipe", v.method, {**v.convert, "input_threshold": False, "rprelu": False},
-             dict(VERSION_2_DEFAULTS)), v.label)
+    (Variant(f"{v.label} v2 recipe", v.method,
+             {**v.convert, "input_threshold": False, "rprelu": False, "cost_model": "shortcut"},
+             {**VERSION_3_DEFAULTS, **VERSION_2_DEFAULTS}), v.label)
     for v in METHODS if v.label in ("xnor", "bireal", "biper w0=20", "cbcn K=4", "rbcn"))
 #: ABLATIONS rows left out of the full grid: made identical to a default by version 3 (the GAN is off by
 #: default but for RBCN) or covered by a lever row ("xnor -KD"), to fit the grid's time.
@@ -198,17 +205,17 @@ class Grid:
 
     def jobs(self) -> List[Tuple[str, str, Variant, int]]:
         """(net, data, variant, seed) of every student run, most wanted first, every seed of a cell
-        together, so that a report cut short (``--from-cache``) has whole cells: the ablation setting's
-        main runs, the ablations in their order, then the other settings."""
+        together, so that a report cut short (``--from-cache``) has whole cells: every setting's main
+        runs (the ablation setting's first), the "before" rows, the first two seeds of the other
+        ablations in their order, then their other seeds."""
         first = (self.ablation_net, self.ablation_data)
         settings = [first] + [(n, d) for n in self.nets for d in self.datasets if (n, d) != first]
-        main = {(n, d): [(n, d, v, s) for v in self.methods for s in self.seeds] for n, d in settings}
+        main = [(n, d, v, s) for n, d in settings for v in self.methods for s in self.seeds]
         full, rest = self.ablations[:self.full_rows], self.ablations[self.full_rows:]
         before = [first + (v, s) for v, _ in full for s in self.seeds]
         early = [first + (v, s) for v, _ in rest for s in self.seeds[:2]]
         late = [first + (v, s) for v, _ in rest for s in self.seeds[2:]]
-        ordered = main[first] + before + main[settings[1]] + early if len(settings) > 1 else main[first] + before + early
-        return ordered + [job for setting in settings[2:] for job in main[setting]] + late
+        return main + before + early + late
 
 
 FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),
@@ -222,9 +229,13 @@ SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), method
 #: Issue 10's rows in the full grid: CBCN's paper layout at K = 1, 2, 4 on every net and dataset (the
 #: "cbcn K=k" rows are the default layout, "max"), its ablations and the paper presets on the ablation
 #: setting, each compared with its method's default row.
+#: Ablation order: the "before" rows, the version-4 levers, issue 10's rows, then the others.
+NEW_LEVERS = ("xnor -cost rule", "xnor lr 2e-3", "xnor -warm-up", "xnor -RSign", "xnor SGD")
+_ablations = FULL_GRID.ablations[len(BEFORE):]
 FULL_GRID = replace(FULL_GRID, methods=FULL_GRID.methods + CBCN_LAYOUTS[3:],
-                    ablations=FULL_GRID.ablations + CBCN_LAYOUT_ABLATIONS
-                    + tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn"))))
+                    ablations=BEFORE + tuple(a for a in _ablations if a[0].label in NEW_LEVERS)
+                    + CBCN_LAYOUT_ABLATIONS + tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn")))
+                    + tuple(a for a in _ablations if a[0].label not in NEW_LEVERS))
 
 
 def _loaders(net: str, data: str, seed: int):

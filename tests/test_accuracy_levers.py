@@ -225,6 +225,21 @@ def test_gan_weight_is_the_methods_default_when_left_at_none():
     assert method_defaults(FinetuneConfig(gan_weight=0.2), get_method("bireal"))["gan_weight"] == 0.2
 
 
+def test_learning_rate_left_at_none_is_the_methods_and_version_3_data_keeps_its_own():
+    """Version 4: ``lr=None`` resolves per method in the phases the trainer runs (BiPer's stage 2 at
+    2e-3, every other binary stage at 1e-2); version-3 data reads back at 2e-3 without warm-up.
+    Mutations caught: BiPer's ``finetune_defaults`` lr removed; the version-3 upgrade an identity."""
+    config = FinetuneConfig(epochs=2)
+    assert (config.lr, config.stage1_lr, config.warmup_epochs) == (None, 1e-2, 0.5)
+    xnor, biper = binarize.convert(lenet(), "xnor"), binarize.convert(lenet(), "biper")
+    assert [(p.name, p.lr) for p in get_method("xnor").training_phases(xnor, config)] == [("train", 1e-2)]
+    assert [(p.name, p.lr) for p in get_method("biper").training_phases(biper, config)] == [
+        ("stage 1", 1e-2), ("stage 2", 2e-3)]
+    assert [p.lr for p in get_method("biper").training_phases(biper, FinetuneConfig(lr=0.05))] == [1e-2, 0.05]
+    old = FinetuneConfig.from_data({"version": 3, "epochs": 5})
+    assert (old.lr, old.stage1_lr, old.warmup_epochs, old.epochs) == (2e-3, 2e-3, 0.0, 5)
+
+
 def test_finetune_config_version_2_data_keeps_its_recipe():
     """Version 2 data written without the fields whose defaults version 3 changed (a hand-written
     recipe) reads as version 2 meant them: SGD at 0.01, weight decay, the GAN on, one binary stage.
@@ -245,7 +260,7 @@ def test_finetune_config_version_2_data_keeps_its_recipe():
 def test_convert_config_version_2_data_builds_no_thresholds_or_rprelu():
     config = binarize.methods.get_method("bireal").config()
     data = ckpt.config_to_data(config)
-    assert data["options"]["version"] == 3
+    assert data["options"]["version"] == 4
     version_2 = {k: v for k, v in data["options"].items() if k not in ("input_threshold", "rprelu")}
     rebuilt = ckpt.config_from_data({"method": "bireal", "options": dict(version_2, version=2)})
     assert (rebuilt.input_threshold, rebuilt.rprelu) == (False, False)
@@ -257,7 +272,8 @@ def test_a_linear_layers_threshold_is_on_its_feature_axis_and_exports(tmp_path):
     packing does. Mutation caught: the threshold broadcast over dim 1 for Linear layers."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
-    bnn = binarize.convert(model, "xnor", binarize_linear=True).eval()
+    # tiny layers: the cost rule (keep_costly_float) would keep them float
+    bnn = binarize.convert(model, "xnor", binarize_linear=True, keep_costly_float=False).eval()
     layer = next(m for m in bnn.modules() if isinstance(m, BinaryLayer) and m.in_features == 5)
     with torch.no_grad():
         layer.input_threshold.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0, -0.4]))

@@ -80,10 +80,11 @@ def test_cosine_schedule_with_warmup():
     assert cosine_lr(100, 100, 0.1, min_lr=0.001) == pytest.approx(0.001)
 
 
+# tiny layers: the cost rule (keep_costly_float) would keep them float
 def _trainer(method="rbcn", batch_norm=True, **options):
     torch.manual_seed(0)
     teacher = tiny_model(batch_norm)
-    student = binarize.convert(teacher, method)
+    student = binarize.convert(teacher, method, keep_costly_float=False)
     train, val, _ = make_loaders("mnist5k", batch_size=16)
     config = FinetuneConfig(progress=False, evaluate_initial=False, **options)
     return _Trainer(student, teacher, train, val, config), train
@@ -137,13 +138,14 @@ def test_discriminator_shape():
 def test_biper_stage_switch_changes_the_forward_as_specified(tmp_path):
     torch.manual_seed(0)
     teacher = tiny_model(True)
-    student = binarize.convert(teacher, "biper")
+    student = binarize.convert(teacher, "biper", keep_costly_float=False)
     train, val, _ = make_loaders("mnist5k", batch_size=16)
     name, layer = next(binarize.binary_layers(student))
     x = torch.randn(2, layer.in_channels, 6, 6)
 
-    def conv(weight):
-        return F.conv2d(binary_sign(x), weight, layer.bias, layer.stride, layer.padding)
+    def conv(weight):  # the input binarized at the layer's RSign thresholds, which stage 1 trains too
+        shifted = x - layer.input_threshold.detach().view(1, -1, 1, 1)
+        return F.conv2d(binary_sign(shifted), weight, layer.bias, layer.stride, layer.padding)
 
     with torch.no_grad():  # stage 1: real-valued sin(omega w)
         assert torch.allclose(layer(x), conv(torch.sin(layer.omega * layer.weight)), atol=1e-6)

@@ -73,13 +73,14 @@ def gained_sign():
 def test_a_registered_method_converts_trains_with_its_policy_and_exports(gained_sign, tmp_path, one_thread):
     torch.manual_seed(0)
     teacher = tiny_model(True)
-    student = binarize.convert(teacher, "gained_sign", gain_loss_weight=0.25)
+    # tiny layers: the cost rule (keep_costly_float) would keep them float
+    student = binarize.convert(teacher, "gained_sign", gain_loss_weight=0.25, keep_costly_float=False)
     layers = [m for _, m in binarize.binary_layers(student)]
     assert len(layers) == 2 and all(isinstance(m, GainedSignConv2d) for m in layers)
 
     train, val, _ = make_loaders("mnist5k", batch_size=16)
     config = FinetuneConfig(epochs=1, lr=0.02, steps_per_epoch=4, progress=False, evaluate_initial=False,
-                            two_step=False, gan_weight=0.01, run_dir=str(tmp_path / "run"))
+                            two_step=False, gan_weight=0.01, warmup_epochs=0.0, run_dir=str(tmp_path / "run"))
     trainer = _Trainer(student, teacher, train, val, config)
     optimizers = trainer.optimizers.optimizers
     assert list(optimizers) == ["student", "gains", "discriminators"]

@@ -17,7 +17,7 @@ from binarize.finetune.phases import Phase, Schedule, step_lr
 from binarize.methods import get_method, paper_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(4,8,8)", "--model-arg", "blocks=(1,1,1)"]
+TINY = ["binarize.models:resnet_small", "--model-arg", "widths=(16,16,16)", "--model-arg", "blocks=(1,1,1)"]
 sys.path.insert(0, str(Path(__file__).parent))
 
 
@@ -136,7 +136,7 @@ def test_version_1_data_reads_with_the_new_fields_at_their_old_behaviour():
     read = FinetuneConfig.from_data(version_1)
     assert read == config
     assert (read.schedule, read.gan_reduction, read.bn_refresh_mode) == ("cosine", "mean", "stats")
-    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 3 \\(and upgrades version 1, 2\\)"):
+    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 4 \\(and upgrades version 1, 2, 3\\)"):
         FinetuneConfig.from_data(dict(version_1, version=0))
 
 

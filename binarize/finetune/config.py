@@ -21,8 +21,10 @@ class FinetuneConfig(VersionedConfig):
 
     # -- schedule
     epochs: int = option(10, "epochs of the (final) binary stage")
-    lr: float = option(2e-3, "its initial learning rate (Adam; the papers, with SGD: CBCN 0.01, BiPer stage 2 "
-                             "0.01, RBCN gives none)")
+    lr: Optional[float] = option(
+        None, "its initial learning rate; None: the method's default (Adam 1e-2, BiPer's stage 2 2e-3: "
+              "benchmarks/RESULTS.md, \"Accuracy levers\"; the papers, with SGD: CBCN 0.01, BiPer stage 2 0.01, "
+              "RBCN gives none)")
     two_step: bool = option(
         False, "train every binary student in two steps (Martinez et al. 2020, ReActNet): stage 1 with binary "
                "activations and real-valued weights, then stage 2 with binary weights (BiPer has its own stages "
@@ -31,10 +33,10 @@ class FinetuneConfig(VersionedConfig):
     stage1_epochs: Optional[int] = option(
         None, "epochs of stage 1 (BiPer: real-valued sin(omega w) weights; two_step: the latent weights); "
               "None: as many as epochs (BiPer: if the student is in stage 1, else 0)")
-    stage1_lr: float = option(2e-3, "stage 1's initial learning rate (BiPer's paper, with SGD: 0.1)")
+    stage1_lr: float = option(1e-2, "stage 1's initial learning rate (BiPer's paper, with SGD: 0.1)")
     warmup_epochs: float = option(
-        0.0, "linear warm-up at the start of each stage, in epochs (fractions allowed), then the schedule "
-             "(the papers use no warm-up)")
+        0.5, "linear warm-up at the start of each stage, in epochs (fractions allowed), then the schedule "
+             "(the papers use no warm-up; at lr 1e-2 it avoids the first epochs' accuracy collapses)")
     schedule: str = option(
         "cosine", "the learning rate of each stage after the warm-up: 'cosine' (decay to min_lr at the stage's "
                   "end; BiPer), 'step' (times lr_decay every lr_decay_every epochs; CBCN on CIFAR and "
@@ -110,9 +112,11 @@ class FinetuneConfig(VersionedConfig):
 
     # Version 2 added schedule, lr_decay, lr_decay_every, gan_reduction and bn_refresh_mode; their
     # defaults are version 1's behaviour. Version 3 added two_step and changed the defaults of the
-    # recipe (VERSION_2_DEFAULTS): data of version 2 keeps what it meant.
-    version = 3
-    upgrades = {1: added_fields, 2: lambda options: {**VERSION_2_DEFAULTS, **options}}
+    # recipe (VERSION_2_DEFAULTS): data of version 2 keeps what it meant. Version 4 raised the learning
+    # rates and added a warm-up (VERSION_3_DEFAULTS).
+    version = 4
+    upgrades = {1: added_fields, 2: lambda options: {**VERSION_2_DEFAULTS, **options},
+                3: lambda options: {**VERSION_3_DEFAULTS, **options}}
 
     def __post_init__(self):
         for name, allowed in (("optimizer", ("sgd", "adam")), ("schedule", SCHEDULES),
@@ -145,19 +149,22 @@ class FinetuneConfig(VersionedConfig):
 #: The defaults version 3 changed, as version 2 had them (two_step did not exist: one binary stage).
 VERSION_2_DEFAULTS = {"lr": 0.01, "stage1_lr": 0.1, "optimizer": "sgd", "weight_decay": 1e-4, "gan_weight": 0.01,
                       "two_step": False}
+#: The defaults version 4 changed, as version 3 had them.
+VERSION_3_DEFAULTS = {"lr": 2e-3, "stage1_lr": 2e-3, "warmup_epochs": 0.0}
 
 # The fields' help texts are the one source of their documentation (also of `binarize finetune --help`).
 FinetuneConfig.__doc__ = FinetuneConfig.__doc__.rstrip(" ") + field_docs(FinetuneConfig) + "\n"
 
-#: What a field left at None means when the student's method gives no default.
-OFF = {"center_loss_weight": 0.0, "bn_refresh": False, "gan_weight": 0.0}
+#: What a field left at None means when the student's method gives no default: the loss terms off,
+#: Adam's learning rate 1e-2 (2e-3 before version 4).
+FALLBACKS = {"center_loss_weight": 0.0, "bn_refresh": False, "gan_weight": 0.0, "lr": 1e-2}
 
 
 def method_defaults(config: FinetuneConfig, policy) -> Dict[str, Any]:
-    """``center_loss_weight``, ``bn_refresh`` and ``gan_weight`` as this run uses them: the config's value, else the
-    method's default (``policy.finetune_defaults``), else off."""
+    """``center_loss_weight``, ``bn_refresh``, ``gan_weight`` and ``lr`` as this run uses them: the config's value,
+    else the method's default (``policy.finetune_defaults``), else :data:`FALLBACKS`."""
     return {name: getattr(config, name) if getattr(config, name) is not None
-            else policy.finetune_defaults.get(name, off) for name, off in OFF.items()}
+            else policy.finetune_defaults.get(name, fallback) for name, fallback in FALLBACKS.items()}
 
 
 def paper_table() -> str:

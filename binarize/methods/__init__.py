@@ -87,10 +87,17 @@ class TrainingPolicy:
             if config.stage1_epochs:
                 raise ValueError(f"stage1_epochs={config.stage1_epochs} needs a binary student and two_step=True "
                                  f"(or a two-stage method: {', '.join(staged_methods()) or 'none registered'})")
-            return [Phase("train", config.epochs, config.lr, None)]
+            return [Phase("train", config.epochs, self.binary_lr(config), None)]
         stage1 = config.epochs if config.stage1_epochs is None else config.stage1_epochs
         phases = [Phase("stage 1", stage1, config.stage1_lr, 1)] if stage1 else []
-        return phases + [Phase("stage 2", config.epochs, config.lr, 2)]
+        return phases + [Phase("stage 2", config.epochs, self.binary_lr(config), 2)]
+
+    def binary_lr(self, config: "FinetuneConfig") -> float:
+        """The learning rate of the (final) binary stage: ``config.lr``, or when it is None this method's
+        ``finetune_defaults["lr"]``, else the fallback (:data:`binarize.finetune.config.FALLBACKS`)."""
+        from ..finetune.config import method_defaults
+
+        return method_defaults(config, self)["lr"]
 
     def current_stage(self, model: nn.Module) -> Optional[int]:
         """The stage ``model``'s layers are in (None: the method has no stages)."""

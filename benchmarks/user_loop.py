@@ -1,0 +1,121 @@
+"""Issue 9's "new user" check: a small float ResNet written the way users write one (``F.relu`` in
+``forward``, not ``nn.ReLU`` modules), trained with a plain loop, converted with
+``binarize.convert(model, method)`` (every option at its default), then trained again by the same
+plain loop: Adam (PyTorch's defaults, lr 1e-3), cross-entropy only, no teacher, no binarize training
+code. Prints the test error of the float net and of every method, on MNIST-5k-rot.
+
+    OMP_NUM_THREADS=1 python benchmarks/user_loop.py [--epochs 6] [--seeds 0 1 2] [--results benchmarks/RESULTS.md]
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import binarize
+from binarize.datasets import make_loaders
+
+METHODS = ("xnor", "bireal", "biper", "cbcn", "rbcn")
+
+
+class Block(nn.Module):
+    def __init__(self, channels_in: int, channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.down = None
+        if stride != 1 or channels_in != channels:
+            self.down = nn.Sequential(nn.Conv2d(channels_in, channels, 1, stride, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class UserResNet(nn.Module):
+    """Stem, three stages of one basic block (16-32-64 channels), global pooling, a linear classifier."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.stages = nn.Sequential(Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2))
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.stages(F.relu(self.bn(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def train(model: nn.Module, loader, epochs: int) -> None:
+    optimizer = torch.optim.Adam(model.parameters())
+    model.train()
+    for _ in range(epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            F.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+
+
+@torch.no_grad()
+def test_error(model: nn.Module, loader) -> float:
+    model.eval()
+    wrong = total = 0
+    for images, labels in loader:
+        wrong += (model(images).argmax(1) != labels).sum().item()
+        total += labels.numel()
+    return wrong / total
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--data", default="mnist5k-rot")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--results", type=Path, help="append the table as Markdown to this file")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    errors = {name: [] for name in ("float", *args.methods)}
+    for seed in args.seeds:
+        train_loader, test_loader, _ = make_loaders(args.data, batch_size=128, test_batch_size=500, seed=seed)
+        torch.manual_seed(seed)
+        model = UserResNet()
+        train(model, train_loader, args.epochs)
+        errors["float"].append(test_error(model, test_loader))
+        print(f"seed {seed} float: {errors['float'][-1]:.1%} test error", flush=True)
+        for method in args.methods:
+            start = time.time()
+            torch.manual_seed(seed)
+            student = binarize.convert(model, method)
+            train(student, train_loader, args.epochs)
+            errors[method].append(test_error(student, test_loader))
+            print(f"seed {seed} {method}: {errors[method][-1]:.1%} test error ({time.time() - start:.0f} s)", flush=True)
+    rows = ["| model | test error, % (mean ± std over seeds) | target |", "|---|---|---|"]
+    for name, values in errors.items():
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(f"| {name} | {100 * statistics.mean(values):.1f} ± {100 * std:.1f} | "
+                    f"{'' if name == 'float' else '< 15'} |")
+    print("\n".join(rows))
+    if args.results:
+        command = "OMP_NUM_THREADS=1 python " + " ".join(shlex.quote(a) for a in sys.argv)
+        text = ["", f"## A user's own loop ({args.data}, {args.epochs} epochs, seeds {args.seeds})", "",
+                "A float ResNet written with `F.relu`, `binarize.convert(model, method)` with every default, "
+                "then Adam (lr 1e-3) and cross-entropy only, in the user's own loop. Command:", "",
+                f"    {command}", "", *rows, ""]
+        with open(args.results, "a") as results:
+            results.write("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -137,8 +137,8 @@ class ConvertConfig(VersionedConfig):
     - ``keep_costly_float``: keep in float every layer whose binary version with its new shortcut
       would not be faster than the float layer (:func:`binarize.passes.keep_costly_layers_float`): with
       the default ``cost_model="kernel"``, 1x1 convs of fewer than about 48 input channels and 3x3
-      convs of fewer than 16 (:func:`binarize.passes.layer_cost`, fitted to measured kernel times); the
-      plan says which and why.
+      convs of fewer than 16 (:func:`binarize.passes.layer_cost`, fitted to measured kernel times), and
+      convs on a globally pooled 1x1 map (squeeze-excitation gates); the plan says which and why.
     - ``cost_model``: ``"kernel"`` (default) or ``"shortcut"``: charge only a new float conv shortcut
       (version 2-3 recipes: only shape-changing 1x1 convs with a float conv shortcut stay float).
     - ``activation``: what replaces a ReLU-like activation in front of a binary layer:

@@ -28,6 +28,11 @@ _PASS_METHODS = {"flatten", "view", "reshape"}
 # The subset that commutes with a monotone non-decreasing activation f: op(f(z)) == f(op(z)).
 _COMMUTING_MODULES = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten)
 _COMMUTING_FUNCTIONS = {torch.flatten, F.max_pool2d, F.adaptive_max_pool2d}
+# What a squeeze-excitation branch runs between its global pooling and its convs: the map stays 1x1.
+_ELEMENTWISE_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Hardtanh,
+                        nn.GELU, nn.PReLU, nn.LeakyReLU, nn.Dropout, nn.Identity, nn.modules.batchnorm._BatchNorm)
+_ELEMENTWISE_FUNCTIONS = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.hardswish, F.silu, F.gelu, F.dropout}
+_GLOBAL_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> Optional[nn.Module]:
@@ -60,6 +65,38 @@ def commutes_with_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     return (isinstance(module_of(gm, node), _COMMUTING_MODULES)
             or (node.op == "call_function" and node.target in _COMMUTING_FUNCTIONS)
             or (node.op == "call_method" and node.target in _PASS_METHODS))
+
+
+def _is_global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
+    module = module_of(gm, node)
+    if isinstance(module, _GLOBAL_POOL_MODULES):
+        return module.output_size in (1, (1, 1))
+    if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1))
+    if node.op == "call_method" and node.target in ("mean", "amax"):
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return node.kwargs.get("keepdim", False) and dims is not None and set(dims) in ({2, 3}, {-2, -1})
+    return False
+
+
+def reads_pooled_map(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the conv at ``node`` reads a globally pooled 1x1 map: a global pooling, then only
+    elementwise modules, BatchNorms and 1x1 convs (a squeeze-excitation branch's two convs). Such a conv
+    is a fully connected layer on one vector per image."""
+    cursor = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    while cursor is not None:
+        if _is_global_pool(gm, cursor):
+            return True
+        module = module_of(gm, cursor)
+        pointwise = isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1)
+        elementwise = (isinstance(module, _ELEMENTWISE_MODULES) or is_relu_like(gm, cursor)
+                       or (cursor.op == "call_function" and cursor.target in _ELEMENTWISE_FUNCTIONS)
+                       or (cursor.op == "call_method" and cursor.target == "sigmoid"))
+        if not (pointwise or elementwise):
+            return False
+        cursor = cursor.args[0] if cursor.args and isinstance(cursor.args[0], fx.Node) else None
+    return False
 
 
 def following_batchnorm(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:

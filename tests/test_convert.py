@@ -454,3 +454,36 @@ def test_methods_without_double_skips_binarize_every_pointwise_conv():
 def test_bad_shortcut_option_is_named():
     with pytest.raises(ValueError, match="shortcut='fast'"):
         binarize.convert(PointwiseNet(), "bireal", shortcut="fast")
+
+
+class SqueezeExcitationNet(nn.Module):
+    """A wide 3x3 conv, then a squeeze-excitation gate written with ``mean(keepdim=True)`` (torchvision's
+    SqueezeExcitation uses AdaptiveAvgPool2d(1), covered by the MobileNetV3 test)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
+        self.body = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.fc1, self.fc2 = nn.Conv2d(64, 128, 1), nn.Conv2d(128, 64, 1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return self.fc((x * gate).mean((2, 3)))
+
+
+def test_cost_rule_keeps_squeeze_excitation_convs_float():
+    """A 1x1 conv on a globally pooled map is a fully connected layer: one output value per channel and
+    image, so the binary op's per-call cost cannot pay (MobileNetV3-small ran 0.95x float with them binary;
+    benchmarks/RESULTS.md). Mutation caught: the check removed from keep_costly_layers_float."""
+    bnn = binarize.convert(SqueezeExcitationNet(), "xnor")
+    assert bnn.binarize_plan.binary == ["body.0"]
+    assert all("globally pooled" in bnn.binarize_plan.kept_float[name] for name in ("fc1", "fc2"))
+    # Version-3 data (the shortcut-only rule) binarized them, and still does.
+    assert binarize.convert(SqueezeExcitationNet(), "xnor", cost_model="shortcut").binarize_plan.binary == [
+        "body.0", "fc1", "fc2"]
+    model = torchvision.models.mobilenet_v3_small()
+    plan = binarize.convert(model, "biper").binarize_plan
+    se_convs = [n for n, m in model.named_modules() if isinstance(m, torchvision.ops.SqueezeExcitation)]
+    assert se_convs and not [n for n in plan.binary if any(n.startswith(se + ".") for se in se_convs)]

@@ -16,22 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import binarize
 from binarize.datasets import make_loaders
 from binarize.models import resnet_small
 from binarize.runtime import session
-
-
-def train_float(model, loader, epochs: int) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(epochs):
-        for images, labels in loader:
-            optimizer.zero_grad()
-            F.cross_entropy(model(images), labels).backward()
-            optimizer.step()
+from user_loop import train as plain_adam_loop  # benchmarks/ is on sys.path when this script runs
 
 
 def predictions(path: Path, loader) -> tuple:
@@ -54,7 +44,7 @@ def main() -> None:
     torch.manual_seed(0)
     train, val, _ = make_loaders("mnist5k", batch_size=64, seed=0)
     teacher = resnet_small(blocks=(1, 1, 1))
-    train_float(teacher, train, args.epochs)
+    plain_adam_loop(teacher, train, args.epochs, lr=3e-3)
     student = binarize.convert(teacher.eval(), args.method)
     config = binarize.FinetuneConfig(epochs=args.epochs, stage1_epochs=0 if args.method != "biper" else None,
                                      optimizer="adam", lr=2e-3, weight_decay=0.0, gan_weight=0.0, progress=False)

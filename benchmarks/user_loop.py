@@ -21,6 +21,7 @@ from torch import nn
 
 import binarize
 from binarize.datasets import make_loaders
+from binarize.finetune import evaluate
 
 METHODS = ("xnor", "bireal", "biper", "cbcn", "rbcn")
 
@@ -57,8 +58,9 @@ class UserResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-def train(model: nn.Module, loader, epochs: int) -> None:
-    optimizer = torch.optim.Adam(model.parameters())
+def train(model: nn.Module, loader, epochs: int, lr: float = 1e-3) -> None:
+    """The plain loop: Adam (PyTorch's default lr unless given), cross-entropy, nothing else."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     for _ in range(epochs):
         for images, labels in loader:
@@ -69,12 +71,7 @@ def train(model: nn.Module, loader, epochs: int) -> None:
 
 @torch.no_grad()
 def test_error(model: nn.Module, loader) -> float:
-    model.eval()
-    wrong = total = 0
-    for images, labels in loader:
-        wrong += (model(images).argmax(1) != labels).sum().item()
-        total += labels.numel()
-    return wrong / total
+    return 1.0 - evaluate(model, loader)["acc"]
 
 
 def main():

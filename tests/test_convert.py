@@ -1,7 +1,6 @@
 """binarize.convert and its graph passes on torchvision models and users' own models."""
 import copy
 import operator
-import warnings
 
 import pytest
 import torch

@@ -39,6 +39,7 @@ import binarize  # noqa: E402
 from binarize import analysis  # noqa: E402
 from binarize import checkpoint as ckpt  # noqa: E402
 from binarize.kernels import available_isas  # noqa: E402
+from binarize.finetune.config import FALLBACKS  # noqa: E402
 
 import report_accuracy as acc  # noqa: E402
 
@@ -170,8 +171,10 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              f"Recipe: float teacher Adam lr {recipe.teacher_lr:g}, {recipe.teacher_epochs} epochs; each "
              f"student `binarize.convert(teacher, method)` then `binarize.finetune` against that teacher for "
              f"{recipe.student_epochs} epochs in all: `FinetuneConfig(epochs=...)` with every other field at its "
-             f"default (version {acc.FinetuneConfig.version}: Adam lr {acc.FinetuneConfig.lr:g} with a "
-             f"{acc.FinetuneConfig.warmup_epochs:g}-epoch warm-up, cosine decay, no weight decay; BiPer "
+             f"default (version {acc.FinetuneConfig.version}: Adam lr {FALLBACKS['lr']:g} "
+             + "".join(f"({name}'s binary stage: {m.finetune_defaults['lr']:g}) " for name, m in
+                       sorted(binarize.METHODS.items()) if "lr" in m.finetune_defaults)
+             + f"with a {acc.FinetuneConfig.warmup_epochs:g}-epoch warm-up, cosine decay, no weight decay; BiPer "
              f"`epochs={recipe.student_epochs // 2}`, its stage 1 as long), batch {acc.BATCH_SIZE}"
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
              + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "

@@ -163,6 +163,10 @@ LEFT_OUT = ("bireal -GAN", "cbcn K=4 -GAN", "bireal -KD", "cbcn K=4 -KD", "rbcn 
 SLOW = ("biper auto", "cbcn K=1", "cbcn K=2")
 
 
+#: Variants whose runs take several times the others' (16x xnor's binary MACs): run last off the ablation net.
+COSTLY = ("cbcn widen K=4",)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Training lengths. Every student trains ``student_epochs`` epochs in all, every stage together:
@@ -182,10 +186,12 @@ class Recipe:
 
 
 def defaults_digest() -> str:
-    """A short digest of every default the students train with (FinetuneConfig's and each method's
-    convert config's): a default changed within a config version (RPReLU switched off) gets new runs."""
+    """A short digest of every default the students train with (FinetuneConfig's, each method's convert
+    config's and its training policy's ``finetune_defaults``): a default changed within a config version
+    (RPReLU switched off, BiPer's stage-2 learning rate) gets new runs."""
     defaults = {"finetune": FinetuneConfig().to_data(),
-                **{name: method.config().to_data() for name, method in sorted(binarize.METHODS.items())}}
+                **{name: {"convert": method.config().to_data(), "finetune": dict(method.finetune_defaults)}
+                   for name, method in sorted(binarize.METHODS.items())}}
     return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -207,15 +213,18 @@ class Grid:
         """(net, data, variant, seed) of every student run, most wanted first, every seed of a cell
         together, so that a report cut short (``--from-cache``) has whole cells: every setting's main
         runs (the ablation setting's first), the "before" rows, the first two seeds of the other
-        ablations in their order, then their other seeds."""
+        ablations in their order, then their other seeds, then the :data:`COSTLY` variants' main runs
+        on the other nets."""
         first = (self.ablation_net, self.ablation_data)
         settings = [first] + [(n, d) for n in self.nets for d in self.datasets if (n, d) != first]
         main = [(n, d, v, s) for n, d in settings for v in self.methods for s in self.seeds]
+        costly = [job for job in main if job[2].label in COSTLY and job[0] != self.ablation_net]
+        main = [job for job in main if job not in costly]
         full, rest = self.ablations[:self.full_rows], self.ablations[self.full_rows:]
         before = [first + (v, s) for v, _ in full for s in self.seeds]
         early = [first + (v, s) for v, _ in rest for s in self.seeds[:2]]
         late = [first + (v, s) for v, _ in rest for s in self.seeds[2:]]
-        return main + before + early + late
+        return main + before + early + late + costly
 
 
 FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),

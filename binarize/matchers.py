@@ -74,9 +74,11 @@ def _is_global_pool(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in (1, (1, 1))
-    if node.op == "call_method" and node.target in ("mean", "amax"):
+    if node.op == "call_method" and node.target in ("mean", "amax"):  # x.mean((2, 3), keepdim=True)
         dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return node.kwargs.get("keepdim", False) and dims is not None and set(dims) in ({2, 3}, {-2, -1})
+        keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+        dims = (dims,) if isinstance(dims, int) else dims
+        return bool(keepdim) and dims is not None and set(dims) in ({2, 3}, {-2, -1})
     return False
 
 

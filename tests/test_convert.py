@@ -472,6 +472,20 @@ class SqueezeExcitationNet(nn.Module):
         return self.fc((x * gate).mean((2, 3)))
 
 
+class RowPooledNet(SqueezeExcitationNet):
+    """Its 1x1 convs read a map pooled over one axis only (``mean(3, True)``, an int dim): not 1x1."""
+
+    def forward(self, x):
+        return self.fc(self.fc2(self.fc1(self.body(self.stem(x)).mean(3, True))).mean((2, 3)))
+
+
+class PositionalKeepdimNet(SqueezeExcitationNet):
+    """A global pooling written ``mean((2, 3), True)``: keepdim given positionally."""
+
+    def forward(self, x):
+        return self.fc(self.fc2(self.fc1(self.body(self.stem(x)).mean((2, 3), True))).mean((2, 3)))
+
+
 def test_cost_rule_keeps_squeeze_excitation_convs_float():
     """A 1x1 conv on a globally pooled map is a fully connected layer: one output value per channel and
     image, so the binary op's per-call cost cannot pay (MobileNetV3-small ran 0.95x float with them binary;
@@ -482,6 +496,10 @@ def test_cost_rule_keeps_squeeze_excitation_convs_float():
     # Version-3 data (the shortcut-only rule) binarized them, and still does.
     assert binarize.convert(SqueezeExcitationNet(), "xnor", cost_model="shortcut").binarize_plan.binary == [
         "body.0", "fc1", "fc2"]
+    # Other reductions are not global pools: one spatial axis (an int dim) keeps the conv binary; a
+    # positional keepdim is read too. Mutation caught: the int dim iterated (TypeError in convert).
+    assert binarize.convert(RowPooledNet(), "xnor").binarize_plan.binary == ["body.0", "fc1", "fc2"]
+    assert binarize.convert(PositionalKeepdimNet(), "xnor").binarize_plan.binary == ["body.0"]
     model = torchvision.models.mobilenet_v3_small()
     plan = binarize.convert(model, "biper").binarize_plan
     se_convs = [n for n, m in model.named_modules() if isinstance(m, torchvision.ops.SqueezeExcitation)]

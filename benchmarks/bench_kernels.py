@@ -209,7 +209,7 @@ def main():
 
 def print_crossover(runs):
     """Float/binary time of 1x1 and 3x3 convs by input channels, against the cost rule's estimate."""
-    from binarize.passes import BINARY_FIXED_MACS, BINARY_WORD_MACS
+    from binarize.passes import BINARY_FIXED_MACS, BINARY_WORD_MACS, binary_kernel_macs
 
     rng, isa = np.random.default_rng(0), available_isas()[0]
     print(f"binary path {isa} against ORT float, 1 thread, median of {runs} runs; estimate: float MACs per output "
@@ -223,7 +223,7 @@ def print_crossover(runs):
                             plain_session(float_model(c, size, rng, kernel, out).SerializeToString(), 1)]
                 binary, fp = median_us(sessions, feed, runs)
                 taps = kernel * kernel
-                estimate = taps * c / (BINARY_FIXED_MACS + taps * -(-c // 64) * BINARY_WORD_MACS)
+                estimate = taps * c / binary_kernel_macs(taps, c)
                 print(f"{f'{kernel}x{kernel} {c}->{out}@{size}x{size}':<22}{binary:>11.1f}{fp:>11.1f}{fp / binary:>13.2f}x"
                       f"{estimate:>9.2f}x", flush=True)
 

@@ -333,6 +333,12 @@ FREE_WIDEN_MACS = 9
 FREE_NARROW_MACS = 47
 
 
+def binary_kernel_macs(taps: int, fan_in: int) -> int:
+    """The binary kernel's estimated cost per output value, in float MACs, for a receptive field of
+    ``taps`` kernel positions over ``fan_in`` input channels (features)."""
+    return BINARY_FIXED_MACS + taps * -(-fan_in // 64) * BINARY_WORD_MACS
+
+
 @dataclass(frozen=True)
 class LayerCost:
     """Per output value of one layer, in float MACs: the float layer, and its binary version with the
@@ -359,8 +365,7 @@ def layer_cost(gm: fx.GraphModule, node: fx.Node, binary: set, config: ConvertCo
     module = module_of(gm, node)
     taps, fan_in = (1, module.in_features) if isinstance(module, nn.Linear) else (
         module.kernel_size[0] * module.kernel_size[1], module.in_channels)
-    binary_macs = (BINARY_FIXED_MACS + taps * -(-fan_in // 64) * BINARY_WORD_MACS
-                   if config.cost_model == "kernel" else 0)
+    binary_macs = binary_kernel_macs(taps, fan_in) if config.cost_model == "kernel" else 0
     shortcut_macs = 0
     if config.double_skip and isinstance(module, nn.Conv2d) and _needs_new_shortcut(gm, node, binary):
         kind = _shortcut_kind(module, config.shortcut)

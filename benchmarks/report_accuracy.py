@@ -13,7 +13,7 @@ import math
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -227,24 +227,24 @@ class Grid:
         return main + before + early + late + costly
 
 
+#: The version-4 levers, run right after the "before" rows.
+NEW_LEVERS = ("xnor -cost rule", "xnor lr 2e-3", "xnor -warm-up", "xnor -RSign", "xnor SGD")
+#: The paper presets, each compared with its method's default row.
+PRESET_ROWS = tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn")))
+#: Every method's default row (issue 10's CBCN paper layout at K = 1, 2, 4 included: the "cbcn K=k"
+#: rows are the default layout, "max") on every net and dataset. Ablation order on the ablation
+#: setting: the "before" rows, the version-4 levers, issue 10's rows (the widen ablations and the paper
+#: presets), then the other levers and ablations.
 FULL_GRID = Grid(nets=tuple(NETS), datasets=DATASETS, seeds=(0, 1, 2),
-                 methods=tuple(v for v in METHODS if v.label not in SLOW),
-                 ablations=BEFORE + LEVERS + tuple(a for a in ABLATIONS if a[0].label not in LEFT_OUT),
+                 methods=tuple(v for v in METHODS if v.label not in SLOW) + CBCN_LAYOUTS[3:],
+                 ablations=(BEFORE + tuple(a for a in LEVERS if a[0].label in NEW_LEVERS)
+                            + CBCN_LAYOUT_ABLATIONS + PRESET_ROWS
+                            + tuple(a for a in LEVERS if a[0].label not in NEW_LEVERS)
+                            + tuple(a for a in ABLATIONS if a[0].label not in LEFT_OUT)),
                  ablation_net="lenet", ablation_data="mnist5k", recipe=Recipe(), full_rows=len(BEFORE))
 SMOKE_GRID = Grid(nets=("lenet",), datasets=("mnist5k-rot",), seeds=(0,), methods=METHODS[:2],
                   ablations=ABLATIONS[1:2], ablation_net="lenet", ablation_data="mnist5k-rot",
                   recipe=Recipe(teacher_epochs=1, student_epochs=1, steps_per_epoch=3))
-
-#: Issue 10's rows in the full grid: CBCN's paper layout at K = 1, 2, 4 on every net and dataset (the
-#: "cbcn K=k" rows are the default layout, "max"), its ablations and the paper presets on the ablation
-#: setting, each compared with its method's default row.
-#: Ablation order: the "before" rows, the version-4 levers, issue 10's rows, then the others.
-NEW_LEVERS = ("xnor -cost rule", "xnor lr 2e-3", "xnor -warm-up", "xnor -RSign", "xnor SGD")
-_ablations = FULL_GRID.ablations[len(BEFORE):]
-FULL_GRID = replace(FULL_GRID, methods=FULL_GRID.methods + CBCN_LAYOUTS[3:],
-                    ablations=BEFORE + tuple(a for a in _ablations if a[0].label in NEW_LEVERS)
-                    + CBCN_LAYOUT_ABLATIONS + tuple(zip(PAPER_PRESETS, ("cbcn widen K=4", "cbcn K=4", "biper w0=20", "rbcn")))
-                    + tuple(a for a in _ablations if a[0].label not in NEW_LEVERS))
 
 
 def _loaders(net: str, data: str, seed: int):

@@ -69,7 +69,6 @@ def train(model: nn.Module, loader, epochs: int, lr: float = 1e-3) -> None:
             optimizer.step()
 
 
-@torch.no_grad()
 def test_error(model: nn.Module, loader) -> float:
     return 1.0 - evaluate(model, loader)["acc"]
 

@@ -8,8 +8,10 @@
 estimate of ``binarize.passes.layer_cost`` that ``convert``'s cost rule (``keep_costly_float``) uses.
 
 Every model is a single 3x3 convolution (stride 1, pad 1, batch 1, C -> C channels) run through
-onnxruntime.InferenceSession.run with the same input and thread count; the time is the median
-over --runs calls after warm-up (candidates interleaved in rounds), so it includes ORT's per-run overhead (the "empty run" row
+onnxruntime.InferenceSession.run with the same input and thread count, all candidates of a table
+on one intra-op pool that they share (``median_us_threads``: sessions on pools of their own
+disturb each other's multi-thread runs); the time is the median over --runs calls after warm-up
+(candidates interleaved in rounds), so it includes ORT's per-run overhead (the "empty run" row
 measures that floor). The int8 model is a static per-channel QDQ quantization of the float model
 (onnxruntime.quantization.quantize_static), which ORT executes as QuantizeLinear -> QLinearConv
 -> DequantizeLinear; likewise BinaryConv2d takes float in and gives float out, with the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import multiprocessing
 import shutil
 import statistics
 import subprocess
@@ -121,6 +124,33 @@ def median_us(sessions, feed, runs, rounds=5) -> list:
     return [statistics.median(times) * 1e6 for times in samples]
 
 
+def median_us_threads(models, feed, runs, threads, rounds=5) -> list:
+    """:func:`median_us` of one session per ``(model, isa)`` in ``models`` (ONNX bytes or path; isa
+    None for the default path), all running on one pool of ``threads`` intra-op threads that they
+    share, in a child process.
+
+    Why one shared pool: sessions with pools of their own disturb each other when they take turns
+    in one process. A pool's workers keep spinning after each run, on the cores the next session's
+    workers need (ResNet-18 binary at 2 threads, this file's Intel AVX-512 VM: 3.9 ms alone, 5.9 ms
+    taking turns with the float and int8 sessions on their own pools, 3.9 ms again on one shared
+    pool). One process-wide pool (ONNX Runtime's global thread pool) is what a server running
+    several models uses. Its size is fixed when the process creates its first session, hence one
+    child process per call."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_median_us_in_shared_pool, (models, feed, runs, threads, rounds))
+
+
+def _median_us_in_shared_pool(models, feed, runs, threads, rounds) -> list:
+    from onnxruntime.capi import _pybind_state  # the only Python entry to the global pool's size
+    _pybind_state.set_global_thread_pool_sizes(threads, 1)
+    sessions = []
+    for model, isa in models:
+        options = ort.SessionOptions()
+        options.use_per_session_threads = False
+        sessions.append(runtime.session(model, isa=isa, sess_options=options))
+    return median_us(sessions, feed, runs, rounds)
+
+
 def binary_macs(c, size) -> int:
     """Sign products of one C -> C 3x3 convolution at stride 1, pad 1 (padding taps included)."""
     return c * c * 9 * size * size
@@ -128,10 +158,12 @@ def binary_macs(c, size) -> int:
 
 ADD_CHAIN_SOURCE = """
 #include <stdint.h>
-uint64_t add_chain(uint64_t iterations) {  /* 64 dependent adds per iteration: 64 cycles */
+/* 64 dependent register-register adds per iteration: 64 cycles. Not `add $1`: Intel cores since
+   Golden Cove fold small immediate adds at rename, and such a chain ran at "20 GHz" there. */
+uint64_t add_chain(uint64_t iterations, uint64_t step) {
     uint64_t x = 0;
     for (uint64_t i = 0; i < iterations; ++i)
-        __asm__ volatile(".rept 64\\n\\tadd $1, %0\\n\\t.endr" : "+r"(x));
+        __asm__ volatile(".rept 64\\n\\tadd %1, %0\\n\\t.endr" : "+r"(x) : "r"(step));
     return x;
 }
 """
@@ -150,11 +182,11 @@ def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
                       capture_output=True).returncode != 0:
         return None
     add_chain = ctypes.CDLL(str(library)).add_chain
-    add_chain.argtypes, add_chain.restype = [ctypes.c_uint64], ctypes.c_uint64
+    add_chain.argtypes, add_chain.restype = [ctypes.c_uint64, ctypes.c_uint64], ctypes.c_uint64
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        add_chain(iterations)
+        add_chain(iterations, 1)
         best = min(best, time.perf_counter() - start)
     return 64 * iterations / best / 1e9
 
@@ -187,7 +219,7 @@ def main():
           f"speed-up = ORT time / binary time")
     single_thread_times = {}
     for threads in args.threads:
-        overhead, = median_us([plain_session(empty_model(), threads)], {"X": np.ones(1, np.float32)}, args.runs)
+        overhead, = median_us_threads([(empty_model(), None)], {"X": np.ones(1, np.float32)}, args.runs, threads)
         print(f"\nthreads = {threads}   (empty run, ORT per-call floor: {overhead:.1f} us)")
         header = f"{'layer':<12}" + "".join(f"{name:>17}" for name in columns)
         header += "".join(f"{'float/' + isa:>16}{'int8/' + isa:>15}" for isa in isas)
@@ -195,9 +227,8 @@ def main():
         for c, size in LAYERS:
             binary, fp, int8 = models[c]
             feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
-            sessions = [runtime.session(binary, threads=threads, isa=isa) for isa in isas]
-            sessions += [plain_session(fp, threads), plain_session(int8, threads)]
-            *times, float_time, int8_time = median_us(sessions, feed, args.runs)
+            candidates = [(binary, isa) for isa in isas] + [(fp, None), (int8, None)]
+            *times, float_time, int8_time = median_us_threads(candidates, feed, args.runs, threads)
             if threads == 1:
                 single_thread_times[c, size] = dict(zip(isas, times))
             row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>17.1f}" for t in times + [float_time, int8_time])

@@ -35,12 +35,10 @@ def kernel_latencies(runs: int, threads: int = 1) -> List[dict]:
             float_proto = bench_kernels.float_model(channels, size, rng)
             binary = bench_kernels.binary_model(channels, size, rng)
             int8 = bench_kernels.int8_model(float_proto, channels, size, rng, Path(tmp))
-            sessions = [session(binary, threads=threads, isa=isa) for isa in KERNEL_ISAS]
-            sessions += [bench_kernels.plain_session(float_proto.SerializeToString(), threads),
-                         bench_kernels.plain_session(int8, threads)]
+            candidates = [(binary, isa) for isa in KERNEL_ISAS] + [(float_proto.SerializeToString(), None), (int8, None)]
             feed = {"X": rng.standard_normal((1, channels, size, size)).astype(np.float32)}
             names = [f"binary {isa}" for isa in KERNEL_ISAS] + ["ORT float", "ORT int8"]
-            for name, us in zip(names, bench_kernels.median_us(sessions, feed, runs)):
+            for name, us in zip(names, bench_kernels.median_us_threads(candidates, feed, runs, threads)):
                 rows.append({"layer": f"{channels}@{size}x{size}", "candidate": name, "threads": threads, "us": us})
     return rows
 
@@ -53,8 +51,7 @@ def resnet18_latencies(runs: int, threads: int = 1) -> List[dict]:
         feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
             bench_models.INPUT_SHAPE).astype(np.float32)}
         labels = list(paths)
-        sessions = [session(paths[label], threads=threads) for label in labels]
-        times = bench_kernels.median_us(sessions, feed, runs)
+        times = bench_kernels.median_us_threads([(str(paths[label]), None) for label in labels], feed, runs, threads)
         return [{"model": "resnet18 224x224", "variant": label, "threads": threads, "ms": us / 1000,
                  "size_kib": paths[label].stat().st_size / 1024} for label, us in zip(labels, times)]
 

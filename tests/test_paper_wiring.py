@@ -205,7 +205,7 @@ def test_bn_refresh_recomputes_statistics_as_the_plain_average_over_batches_in_t
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3, momentum=0.1)).eval()
     loader = [(torch.randn(4, 1, 6, 6) * s + s, None) for s in (1.0, 2.0, 4.0)]
-    refresh_batchnorm(model, loader, torch.device("cpu"))
+    refresh_batchnorm(model, loader)  # device: the model's
     with torch.no_grad():
         outputs = [model[0](x) for x, _ in loader]
     mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outputs]).mean(0)

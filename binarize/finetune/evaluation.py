@@ -32,12 +32,19 @@ def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.devi
 
 
 @torch.no_grad()
-def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: torch.device) -> None:
+def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None) -> None:
     """RBCN's BN update ("the batch normalization (BN) layers are updated with W and C fixed after
-    each epoch", section 2): recompute every BatchNorm's running statistics over ``loader`` in
-    training mode with the weights fixed, as the plain average of the batches' statistics (momentum
-    None), then average them over ranks. ``FinetuneConfig.bn_refresh_mode="affine"`` also trains the
-    BatchNorm weights and biases first (the trainer's pass)."""
+    each epoch", section 2): recompute every BatchNorm's running statistics over ``loader`` (batches
+    of ``(images, labels)``) in training mode with the weights fixed, as the plain average of the
+    batches' statistics (momentum None), then average them over ranks. ``device``: the model's
+    (of its first parameter) unless given. ``FinetuneConfig.bn_refresh_mode="affine"`` also trains the
+    BatchNorm weights and biases first (the trainer's pass).
+
+    Also the last step of a training loop of your own before evaluating or exporting a binary
+    student: while latent weights still flip, the running statistics (an average over the last
+    batches) describe weights the model no longer has, and eval-mode accuracy swings from epoch to
+    epoch (``benchmarks/user_loop.py``)."""
+    device = device or next(model.parameters()).device
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
     if not norms:
         return

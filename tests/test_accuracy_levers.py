@@ -2,6 +2,7 @@
 method, the method-resolved GAN default, and the config versions that keep older data meaning what it
 meant. Each is checked against an independent formula (a PyTorch float computation) or ONNX Runtime."""
 import dataclasses
+import types
 
 import numpy as np
 import pytest
@@ -226,16 +227,20 @@ def test_gan_weight_is_the_methods_default_when_left_at_none():
 
 
 def test_learning_rate_left_at_none_is_the_methods_and_version_3_data_keeps_its_own():
-    """Version 4: ``lr=None`` resolves per method in the phases the trainer runs (BiPer's stage 2 at
-    2e-3, every other binary stage at 1e-2); version-3 data reads back at 2e-3 without warm-up.
-    Mutations caught: BiPer's ``finetune_defaults`` lr removed; the version-3 upgrade an identity."""
+    """Version 4: ``lr=None`` resolves per method in the phases the trainer runs (a method's
+    ``finetune_defaults`` lr, else 1e-2: every built-in method's binary stage, BiPer's stage 2 too);
+    version-3 data reads back at 2e-3 without warm-up. Mutations caught: the method's lr not read;
+    the version-3 upgrade an identity."""
     config = FinetuneConfig(epochs=2)
     assert (config.lr, config.stage1_lr, config.warmup_epochs) == (None, 1e-2, 0.5)
     xnor, biper = binarize.convert(lenet(), "xnor"), binarize.convert(lenet(), "biper")
     assert [(p.name, p.lr) for p in get_method("xnor").training_phases(xnor, config)] == [("train", 1e-2)]
     assert [(p.name, p.lr) for p in get_method("biper").training_phases(biper, config)] == [
-        ("stage 1", 1e-2), ("stage 2", 2e-3)]
+        ("stage 1", 1e-2), ("stage 2", 1e-2)]
     assert [p.lr for p in get_method("biper").training_phases(biper, FinetuneConfig(lr=0.05))] == [1e-2, 0.05]
+    own = types.SimpleNamespace(finetune_defaults={"lr": 3e-3})  # a method with a rate of its own
+    assert method_defaults(config, own)["lr"] == 3e-3
+    assert method_defaults(FinetuneConfig(lr=0.05), own)["lr"] == 0.05
     old = FinetuneConfig.from_data({"version": 3, "epochs": 5})
     assert (old.lr, old.stage1_lr, old.warmup_epochs, old.epochs) == (2e-3, 2e-3, 0.0, 5)
 

@@ -22,7 +22,7 @@ class FinetuneConfig(VersionedConfig):
     # -- schedule
     epochs: int = option(10, "epochs of the (final) binary stage")
     lr: Optional[float] = option(
-        None, "its initial learning rate; None: the method's default (Adam 1e-2, BiPer's stage 2 2e-3: "
+        None, "its initial learning rate; None: the method's default (Adam 1e-2 for every method: "
               "benchmarks/RESULTS.md, \"Accuracy levers\"; the papers, with SGD: CBCN 0.01, BiPer stage 2 0.01, "
               "RBCN gives none)")
     two_step: bool = option(

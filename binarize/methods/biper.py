@@ -121,7 +121,7 @@ class BiPerMethod(Method):
     stage 2 at ``lr`` for ``epochs``, each with its own optimizers and schedule.
 
     Stage 2 trains at the common default (``lr=None``: Adam at 1e-2), not at a tenth of stage 1's
-    rate as the paper's SGD recipe does (its preset keeps that): in 8 paired runs (ResNet-8 on
+    rate as the paper's SGD recipe does (its preset keeps that): in 7 paired runs (ResNet-8 on
     MNIST-5k over 3 seeds and on MNIST-rot over 2, LeNet, the demo) 1e-2 ended 0.2-2.6 pp above
     2e-3, although stage 2's first epochs dip (benchmarks/RESULTS.md, "BiPer's stage-2 learning rate")."""
 

@@ -124,31 +124,34 @@ def median_us(sessions, feed, runs, rounds=5) -> list:
     return [statistics.median(times) * 1e6 for times in samples]
 
 
-def median_us_threads(models, feed, runs, threads, rounds=5) -> list:
-    """:func:`median_us` of one session per ``(model, isa)`` in ``models`` (ONNX bytes or path; isa
-    None for the default path), all running on one pool of ``threads`` intra-op threads that they
-    share, in a child process.
+def median_us_threads(tables, runs, threads, rounds=5) -> list:
+    """For each ``(models, feed)`` in ``tables``: :func:`median_us` of one session per ``(model, isa)``
+    in ``models`` (ONNX bytes or path; isa None for the default path), timed together; every session
+    runs on one pool of ``threads`` intra-op threads that they share, in one child process for all
+    the tables. Returns one list of times per table.
 
     Why one shared pool: sessions with pools of their own disturb each other when they take turns
     in one process. A pool's workers keep spinning after each run, on the cores the next session's
     workers need (ResNet-18 binary at 2 threads, this file's Intel AVX-512 VM: 3.9 ms alone, 5.9 ms
     taking turns with the float and int8 sessions on their own pools, 3.9 ms again on one shared
     pool). One process-wide pool (ONNX Runtime's global thread pool) is what a server running
-    several models uses. Its size is fixed when the process creates its first session, hence one
-    child process per call."""
+    several models uses. Its size is fixed when the process creates its first session, hence a
+    child process per thread count."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_median_us_in_shared_pool, (models, feed, runs, threads, rounds))
+        return pool.apply(_median_us_in_shared_pool, (tables, runs, threads, rounds))
 
 
-def _median_us_in_shared_pool(models, feed, runs, threads, rounds) -> list:
+def _median_us_in_shared_pool(tables, runs, threads, rounds) -> list:
     from onnxruntime.capi import _pybind_state  # the only Python entry to the global pool's size
     _pybind_state.set_global_thread_pool_sizes(threads, 1)
-    sessions = []
-    for model, isa in models:
+
+    def shared_pool_session(model, isa):
         options = ort.SessionOptions()
         options.use_per_session_threads = False
-        sessions.append(runtime.session(model, isa=isa, sess_options=options))
-    return median_us(sessions, feed, runs, rounds)
+        return runtime.session(model, isa=isa, sess_options=options)
+
+    return [median_us([shared_pool_session(model, isa) for model, isa in models], feed, runs, rounds)
+            for models, feed in tables]
 
 
 def binary_macs(c, size) -> int:
@@ -219,16 +222,17 @@ def main():
           f"speed-up = ORT time / binary time")
     single_thread_times = {}
     for threads in args.threads:
-        overhead, = median_us_threads([(empty_model(), None)], {"X": np.ones(1, np.float32)}, args.runs, threads)
+        tables = [([(empty_model(), None)], {"X": np.ones(1, np.float32)})]
+        for c, size in LAYERS:
+            binary, fp, int8 = models[c]
+            tables.append(([(binary, isa) for isa in isas] + [(fp, None), (int8, None)],
+                           {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}))
+        (overhead,), *layer_times = median_us_threads(tables, args.runs, threads)
         print(f"\nthreads = {threads}   (empty run, ORT per-call floor: {overhead:.1f} us)")
         header = f"{'layer':<12}" + "".join(f"{name:>17}" for name in columns)
         header += "".join(f"{'float/' + isa:>16}{'int8/' + isa:>15}" for isa in isas)
         print(header)
-        for c, size in LAYERS:
-            binary, fp, int8 = models[c]
-            feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
-            candidates = [(binary, isa) for isa in isas] + [(fp, None), (int8, None)]
-            *times, float_time, int8_time = median_us_threads(candidates, feed, args.runs, threads)
+        for (c, size), (*times, float_time, int8_time) in zip(LAYERS, layer_times):
             if threads == 1:
                 single_thread_times[c, size] = dict(zip(isas, times))
             row = f"{f'{c}@{size}x{size}':<12}" + "".join(f"{t:>17.1f}" for t in times + [float_time, int8_time])

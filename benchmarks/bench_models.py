@@ -217,7 +217,8 @@ def main():
             INPUT_SHAPE).astype(np.float32)}
         latencies = {}
         for threads in args.threads:
-            times = median_us_threads([(str(paths[label]), None) for label in labels], feed, args.runs, threads, args.rounds)
+            times, = median_us_threads([([(str(paths[label]), None) for label in labels], feed)], args.runs, threads,
+                                       args.rounds)
             latencies[threads] = dict(zip(labels, (us / 1000 for us in times)))
         one = latencies[min(args.threads)]
         measured = {"speed-up over float": one["float"] / one["binary"],

@@ -29,18 +29,18 @@ KERNEL_ISAS = tuple(isa for isa in available_isas() if isa != "reference")
 def kernel_latencies(runs: int, threads: int = 1) -> List[dict]:
     """bench_kernels' per-layer comparison at one thread count: one row per (layer, candidate), in us."""
     rng = np.random.default_rng(0)
-    rows = []
+    tables = []
     with tempfile.TemporaryDirectory() as tmp:
         for channels, size in bench_kernels.LAYERS:
             float_proto = bench_kernels.float_model(channels, size, rng)
             binary = bench_kernels.binary_model(channels, size, rng)
             int8 = bench_kernels.int8_model(float_proto, channels, size, rng, Path(tmp))
             candidates = [(binary, isa) for isa in KERNEL_ISAS] + [(float_proto.SerializeToString(), None), (int8, None)]
-            feed = {"X": rng.standard_normal((1, channels, size, size)).astype(np.float32)}
-            names = [f"binary {isa}" for isa in KERNEL_ISAS] + ["ORT float", "ORT int8"]
-            for name, us in zip(names, bench_kernels.median_us_threads(candidates, feed, runs, threads)):
-                rows.append({"layer": f"{channels}@{size}x{size}", "candidate": name, "threads": threads, "us": us})
-    return rows
+            tables.append((candidates, {"X": rng.standard_normal((1, channels, size, size)).astype(np.float32)}))
+    names = [f"binary {isa}" for isa in KERNEL_ISAS] + ["ORT float", "ORT int8"]
+    return [{"layer": f"{channels}@{size}x{size}", "candidate": name, "threads": threads, "us": us}
+            for (channels, size), times in zip(bench_kernels.LAYERS, bench_kernels.median_us_threads(tables, runs, threads))
+            for name, us in zip(names, times)]
 
 
 def resnet18_latencies(runs: int, threads: int = 1) -> List[dict]:
@@ -51,7 +51,7 @@ def resnet18_latencies(runs: int, threads: int = 1) -> List[dict]:
         feed = {session(paths["binary"]).get_inputs()[0].name: np.random.default_rng(1).standard_normal(
             bench_models.INPUT_SHAPE).astype(np.float32)}
         labels = list(paths)
-        times = bench_kernels.median_us_threads([(str(paths[label]), None) for label in labels], feed, runs, threads)
+        times, = bench_kernels.median_us_threads([([(str(paths[label]), None) for label in labels], feed)], runs, threads)
         return [{"model": "resnet18 224x224", "variant": label, "threads": threads, "ms": us / 1000,
                  "size_kib": paths[label].stat().st_size / 1024} for label, us in zip(labels, times)]
 

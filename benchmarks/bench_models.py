@@ -15,14 +15,15 @@ per thread count). Where a target of issue 11 for the binary path this CPU runs 
 faster than float, >= 3x faster than int8; AVX2 and others: >= 5x, >= 2.5x; >= 11x smaller than
 float; 2 threads >= 1.6x faster than 1 when both are timed) is missed, or with
 ``--profile``, an ONNX Runtime profile of the binarized model shows the time per op type.
-``--unfused`` adds the binary model exported without fused double-skip Adds (before BinaryConv2d
-v2) to the same interleaved run. ``--results`` appends the
+``--unfused`` adds the binary model exported with ``fuse_residual_adds=False`` (every shortcut Add
+and the ReLUs that feed shortcuts as ONNX ops, BinaryConv2d v1) to the same interleaved run. ``--results`` appends the
 table, with the command, to a Markdown file (benchmarks/RESULTS.md).
 
     python benchmarks/bench_models.py --results benchmarks/RESULTS.md
     python benchmarks/bench_models.py --model mobilenet_v2 --convert shortcut=conv --threads 1
     python benchmarks/bench_models.py --int8-float-layers    # binary layers + the float convs in int8
-    python benchmarks/bench_models.py --threads 1 --unfused  # fused double-skip Adds vs separate Adds
+    python benchmarks/bench_models.py --threads 1 --unfused  # Adds and ReLUs in the binary op vs separate
+    python benchmarks/bench_models.py --threads 1 --isa avx2  # another kernel path of this CPU, its targets
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def build_models(workdir: Path, calibration_images: int, name: str, method: str,
     return paths
 
 
-def op_type_profiles(paths: dict, feed: dict, threads: int, runs: int, workdir: Path) -> dict:
+def op_type_profiles(paths: dict, feed: dict, threads: int, runs: int, workdir: Path, isa: str) -> dict:
     """{label: [(op type, ms per inference, share)], largest first} from ONNX Runtime's profiler,
     the models' runs interleaved (as the timings) so that a change in load hits them alike."""
     sessions = {}
@@ -110,7 +111,7 @@ def op_type_profiles(paths: dict, feed: dict, threads: int, runs: int, workdir: 
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = str(workdir / f"profile_{label}")
-        sessions[label] = session(path, threads=threads, sess_options=options)
+        sessions[label] = session(path, threads=threads, isa=isa, sess_options=options)
     for _ in range(runs):
         for profiled in sessions.values():
             profiled.run(None, feed)
@@ -147,11 +148,12 @@ def profile_table(profiles: dict) -> list:
     return rows
 
 
-def markdown_report(title: str, command: str, sizes: dict, latencies: dict, profiles: dict, missed: list) -> str:
+def markdown_report(title: str, command: str, sizes: dict, latencies: dict, profiles: dict, missed: list,
+                    isa: str) -> str:
     threads = min(latencies)
     lines = ["", f"## End to end, {title}", "",
              f"Machine: {cpu_name()} ({os.cpu_count()} CPUs visible); onnxruntime {ort.__version__}, "
-             f"torch {torch.__version__}; binary kernel path: {available_isas()[0]}.",
+             f"torch {torch.__version__}; binary kernel path: {isa}.",
              "Command, from the repository root:", "", f"    {command}", "", "```", *table(sizes, latencies), "```"]
     if missed:
         lines += ["", "Targets missed: " + "; ".join(missed) + "."]
@@ -191,8 +193,11 @@ def main():
                         help="export the binary model with calibration=, so its float convs run in int8")
     parser.add_argument("--unfused", action="store_true",
                         help="also time the binary model exported with fuse_residual_adds=False (its "
-                             "double-skip Adds as ONNX Adds), side by side, and profile both")
+                             "shortcut Adds and ReLUs as ONNX ops), side by side, and profile both")
     parser.add_argument("--profile", action="store_true", help="profile the binary model(s) even if the targets hold")
+    parser.add_argument("--isa", choices=available_isas(),
+                        help="the binary models' kernel path (default: the fastest this CPU runs); the targets "
+                             "are that path's")
     parser.add_argument("--convert", action="append", default=[], metavar="KEY=VALUE",
                         help="a binarize.convert option, e.g. shortcut=conv (repeatable)")
     args = parser.parse_args()
@@ -217,8 +222,9 @@ def main():
             INPUT_SHAPE).astype(np.float32)}
         latencies = {}
         for threads in args.threads:
-            times, = median_us_threads([([(str(paths[label]), None) for label in labels], feed)], args.runs, threads,
-                                       args.rounds)
+            binary_isa = {"binary": args.isa, "unfused": args.isa}
+            times, = median_us_threads([([(str(paths[label]), binary_isa.get(label)) for label in labels], feed)],
+                                       args.runs, threads, args.rounds)
             latencies[threads] = dict(zip(labels, (us / 1000 for us in times)))
         one = latencies[min(args.threads)]
         measured = {"speed-up over float": one["float"] / one["binary"],
@@ -226,13 +232,13 @@ def main():
                     "size reduction over float": sizes["float"] / sizes["binary"]}
         if {1, 2} <= set(latencies):
             measured["2 threads over 1"] = latencies[1]["binary"] / latencies[2]["binary"]
-        isa = available_isas()[0]
+        isa = args.isa or available_isas()[0]
         targets = targets_for(isa)
         missed = [f"{name} {value:.2f}x < {targets[name]:g}x" for name, value in measured.items()
                   if value < targets[name]]
         profiled = [label for label in ("binary", "unfused") if label in paths] if missed or args.profile else []
         profiles = (op_type_profiles({label: paths[label] for label in profiled}, feed, min(args.threads),
-                                     args.profile_runs, workdir) if profiled else {})
+                                     args.profile_runs, workdir, isa) if profiled else {})
 
     print("\n".join(table(sizes, latencies)))
     for name, value in measured.items():
@@ -246,7 +252,7 @@ def main():
         with open(args.results, "a") as results:
             title = f"{args.model} ({args.method}{''.join(f', {k}={v}' for k, v in options.items())}" + (
                 ", float layers in int8)" if args.int8_float_layers else ")")
-            results.write(markdown_report(title, command, sizes, latencies, profiles, missed))
+            results.write(markdown_report(title, command, sizes, latencies, profiles, missed, isa))
         print(f"appended to {args.results}")
 
 

@@ -1,6 +1,7 @@
 """Instruction counts of the BinaryConv2d kernels per path, for one layer (valgrind --tool=callgrind).
 
     PYTHONPATH=. python benchmarks/callgrind_kernels.py [--layer 256 14] [--library other.so]
+    PYTHONPATH=. python benchmarks/callgrind_kernels.py --resnet18 --paths avx2  # whole model: fused vs unfused
 
 Counts are repeatable on a busy machine (same code, same input: same count), so a kernel change
 can be judged without timing noise: build the library before and after, run this on both. Only
@@ -9,8 +10,14 @@ with the register blocks and epilogue it calls) are counted, for one session.run
 stride 1, pad 1, C -> C layer (the model of bench_kernels.py); "per MAC" divides by its
 C*C*9*H*W binary multiply-accumulates.
 
+With ``--resnet18`` the count is of one whole ``session.run`` (every ONNX Runtime op; the
+difference of two processes, 1 and 6 runs, over 5) of ResNet-18 224x224 (biper, defaults; ``bench_models.build_models``)
+exported with the default fusion and with ``fuse_residual_adds=False``, and of the float model, so
+that what the fused epilogues remove is a repeatable number.
+
 Valgrind does not implement AVX-512 and hides it from the program's CPUID, so the avx512 and
-avx512bw paths cannot be counted; the paths the library reports under valgrind are.
+avx512bw paths cannot be counted; the paths the library reports under valgrind are (ONNX Runtime's
+own kernels also take their AVX2 paths there).
 """
 from __future__ import annotations
 
@@ -23,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 
-def child(library, isa, model_path):
+def child(library, isa, model_path, runs="1"):
     """Runs inside valgrind: only numpy and onnxruntime (importing binarize would import torch)."""
     import numpy as np
     import onnxruntime as ort
@@ -39,14 +46,17 @@ def child(library, isa, model_path):
     options.register_custom_ops_library(library)
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
-    shape = session.get_inputs()[0].shape
-    session.run(None, {"X": np.random.default_rng(0).standard_normal(shape).astype(np.float32)})
+    (first,) = session.get_inputs()
+    shape = [d if isinstance(d, int) else 1 for d in first.shape]  # a symbolic batch: 1
+    feed = {first.name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    for _ in range(int(runs)):
+        session.run(None, feed)
 
 
 def valgrind(args, workdir: Path, tool_options=()) -> str:
     command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / 'callgrind.out'}", *tool_options,
                sys.executable, __file__, "--child", *args]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     if result.returncode != 0:
         raise RuntimeError(f"valgrind failed ({' '.join(command)}):\n{result.stderr[-2000:]}")
     return result.stdout
@@ -67,11 +77,40 @@ def count(library, isa, model_path, workdir: Path) -> dict:
     return counts
 
 
+def count_run(library, isa, model_path, workdir: Path, runs: int = 5) -> int:
+    """Instructions of one session.run of the model on this path: the whole child process with
+    1 + runs calls minus the same with 1 call, over runs (ONNX Runtime's wheel has no symbols to
+    toggle collection on; with one thread nothing else differs between the two processes)."""
+    totals = []
+    for calls in (1, 1 + runs):
+        valgrind([library, isa, str(model_path), str(calls)], workdir)
+        summary = subprocess.run(["callgrind_annotate", str(workdir / "callgrind.out")], capture_output=True,
+                                 text=True, check=True).stdout
+        totals.append(int(re.search(r"^\s*([\d,]+) .*PROGRAM TOTALS", summary, re.MULTILINE).group(1).replace(",", "")))
+    return round((totals[1] - totals[0]) / runs)
+
+
+def count_resnet18(library, isas, workdir: Path) -> None:
+    from bench_models import build_models
+
+    paths = build_models(workdir, 1, "resnet18", "biper", {}, int8_float_layers=False, unfused=True)
+    print("callgrind instruction counts, one session.run of ResNet-18 224x224 (biper), 1 thread")
+    print(f"{'path':<10}{'binary (fused)':>18}{'unfused':>18}{'fused / unfused':>17}{'float':>18}")
+    for isa in isas:
+        fused, unfused, float_model = (count_run(library, isa, paths[label], workdir)
+                                       for label in ("binary", "unfused", "float"))
+        print(f"{isa:<10}{fused:>18,}{unfused:>18,}{fused / unfused:>17.3f}{float_model:>18,}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layer", type=int, nargs=2, default=[256, 14], metavar=("CHANNELS", "SIZE"))
     parser.add_argument("--library", help="the op library to count (default: the package's libbinarize_ort)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--resnet18", action="store_true",
+                        help="count whole-model runs of ResNet-18 (fused and unfused export, float) instead of a layer")
+    parser.add_argument("--paths", nargs="+", metavar="ISA",
+                        help="count only these kernel paths (default: every path the library runs under valgrind)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(*args.child)
@@ -90,6 +129,14 @@ def main():
         model_path.write_bytes(binary_model(c, size, np.random.default_rng(0)))
         listed = valgrind([library, "list", str(model_path)], workdir)
         isas = [isa for isa in listed.split("ISAS=", 1)[1].strip().split(",") if isa != "reference"]
+        if args.paths:
+            missing = sorted(set(args.paths) - set(isas))
+            if missing:
+                parser.error(f"--paths {' '.join(missing)}: not run by the library under valgrind (it runs {', '.join(isas)})")
+            isas = [isa for isa in isas if isa in args.paths]
+        if args.resnet18:
+            count_resnet18(library, isas, workdir)
+            return
         macs = binary_macs(c, size)
         print(f"callgrind instruction counts, one BinaryConv2d {c}@{size}x{size} run, 1 thread ({macs / 1e6:.1f} M binary MACs)")
         print(f"library: {library}; paths under valgrind: {', '.join(isas)} (valgrind hides AVX-512)")

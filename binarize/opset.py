@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
-           "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2", "definition", "conv_output_size", "MAX_SPATIAL",
+           "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2",
+           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "definition", "conv_output_size", "MAX_SPATIAL",
            "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
 
 DOMAIN = "binarize"
@@ -280,8 +281,51 @@ The reference implementation is the eager PyTorch op `torch.ops.binarize.binary_
     torch_op="binarize::binary_linear_v2",
 )
 
+# Version 3: a second optional residual, and a ReLU on either residual. A Bi-Real double skip
+# carries the block's activation, relu(x), and a basic block adds its identity shortcut to the
+# second conv's output: with both in the epilogue, a residual block exports as its two binary
+# ops, with no separate ReLU or Add pass over the feature map (benchmarks/RESULTS.md, "version 3").
+# Left out (and residual_relu [0, 0]), the result is exactly version 2's.
+_RESIDUAL_RELU = Attribute("residual_relu", "ints", "[for residual, for residual2]: 1 = add max(R, 0) instead of R",
+                           default=(0, 0), length=2, minimum=0, maximum=1, constraint="0 or 1")
+_V3_SEMANTICS = """\
+Version 2 with a second optional residual and an optional ReLU on each (left out, and with
+`residual_relu` = [0, 0], the result is exactly version 2's):
+
+    R0 = residual, R1 = residual2
+    Rk' = (Rk < 0 ? 0 : Rk) where residual_relu[k] = 1 (a ReLU: NaN and -0 pass unchanged), else Rk
+    Y = ((multiplier[m] · D + bias[m]) + R0') + R1'   (float32, in this order; an absent Rk is not added)
+
+Both residuals have exactly Y's shape (no broadcasting)."""
+
+
+def _version3(v2: OpDefinition, residual_shape: str) -> OpDefinition:
+    return OpDefinition(
+        name=v2.name, version=3,
+        summary="Version 2 with an optional second residual and a ReLU on either residual (residual_relu): "
+                "Y = multiplier * D + bias + relu?(residual) + relu?(residual2).",
+        inputs=(*v2.inputs, Parameter("residual2", "float32", residual_shape,
+                                      "added after `residual` (a basic block's identity shortcut); absent = 0",
+                                      optional=True)),
+        outputs=v2.outputs,
+        attributes=(*v2.attributes, _RESIDUAL_RELU),
+        semantics=_V3_SEMANTICS + f"""
+
+Everything else is version 2's ([{v2.name}-v2.md]({v2.name}-v2.md)). The reference implementation is the eager
+PyTorch op `torch.ops.{v2.torch_op.replace('::', '.').replace('_v2', '_v3')}` (`binarize.converters.ops`), tested
+against every kernel path.""",
+        errors=v2.errors + """ Version 3 also: `residual2` not float32 of exactly Y's shape.""",
+        torch_op=v2.torch_op.replace("_v2", "_v3"),
+        check_together=v2.check_together,
+    )
+
+
+BINARY_CONV2D_V3 = _version3(BINARY_CONV2D_V2, "[N, M, OH, OW]")
+BINARY_LINEAR_V3 = _version3(BINARY_LINEAR_V2, "[..., M]")
+
 #: Every operator version, oldest first.
-OPS: Tuple[OpDefinition, ...] = (BINARY_CONV2D_V1, BINARY_LINEAR_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V2)
+OPS: Tuple[OpDefinition, ...] = (BINARY_CONV2D_V1, BINARY_LINEAR_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V2,
+                                 BINARY_CONV2D_V3, BINARY_LINEAR_V3)
 #: Versions of the ``binarize`` domain that a model may import.
 SUPPORTED_VERSIONS: Tuple[int, ...] = tuple(sorted({op.version for op in OPS}))
 #: The version new exports write.

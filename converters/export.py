@@ -14,8 +14,11 @@ Three steps:
    it preserves, and keeps sign(x - t) for an input threshold t in (min_val, max_val]); in a
    hand-built model, every such Hardtanh. Given the example input, each Add of a packed layer's
    output and a tensor of the same shape (a double skip; the shapes from ShapeProp) moves into the
-   layer's op as its residual. A model with a fused Add or an input threshold exports version 2 of
-   the ``binarize`` ops on every binary layer, any other model version 1, as before version 2.
+   layer's op as its residual, and a second such Add (a basic block's identity shortcut) as its
+   second residual; a ReLU that computes a residual (the activation a double skip carries) moves
+   into the op too, and goes when nothing else reads it. Every binary layer exports the oldest
+   version of the ``binarize`` ops that all of them can use: 1; 2 with an input threshold or one
+   fused Add; 3 with a second Add or a residual ReLU.
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
@@ -34,6 +37,7 @@ from typing import Iterable, Optional, Sequence, Tuple, Union
 import onnx
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
@@ -194,7 +198,7 @@ def _residual_add(node: fx.Node) -> Optional[Tuple[fx.Node, fx.Node]]:
     a plain two-tensor Add with a float32 operand of exactly the layer's output shape (the shapes
     :class:`~torch.fx.passes.shape_prop.ShapeProp` recorded), computed by another node."""
     users = list(node.users)
-    if len(users) != 1 or len(node.args) != 1 or node.kwargs:
+    if len(users) != 1 or len(node.args) != 1:
         return None
     add = users[0]
     is_add = ((add.op == "call_function" and add.target in _ADDS) or
@@ -210,35 +214,80 @@ def _residual_add(node: fx.Node) -> Optional[Tuple[fx.Node, fx.Node]]:
     return (other, add) if same else None
 
 
+#: The residual inputs of the packed ops, in the order the epilogue adds them.
+_RESIDUALS = ("residual", "residual2")
+
+
 def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> None:
-    """Move each Add of a packed layer's output and a same-shape tensor (a double skip's shortcut;
-    BatchNorm already folded into multiplier and bias) into the layer's op as its residual
-    (BinaryConv2d / BinaryLinear v2): the sum is then written once, as the op stores its output,
-    instead of by a separate pass over two tensors."""
+    """Move the Adds of a packed layer's output and a same-shape tensor (a double skip's shortcut;
+    BatchNorm already folded into multiplier and bias), up to two in a chain (then a basic block's
+    identity shortcut), into the layer's op as its residuals (BinaryConv2d / BinaryLinear v2, v3):
+    the sum is then written once, as the op stores its output, instead of by a separate pass over
+    two tensors per Add."""
     ShapeProp(gm).propagate(*args)
     for node in list(gm.graph.nodes):
         module = module_of(gm, node) if node.op == "call_module" else None
         if not isinstance(module, (PackedBinaryConv2d, PackedBinaryLinear)) or not module.takes_residual:
             continue
-        match = _residual_add(node)
-        if match is None:
+        call, inputs, residuals = node, node.args, {}  # (erase_node clears an erased node's args)
+        for name in _RESIDUALS:
+            match = _residual_add(call)
+            if match is None:
+                break
+            other, add = match
+            residuals[name] = other
+            with gm.graph.inserting_before(add):  # every operand exists here; the layer's call may be earlier
+                fused = gm.graph.call_module(node.target, inputs, dict(residuals))
+            fused.meta = dict(add.meta)
+            add.replace_all_uses_with(fused)
+            gm.graph.erase_node(add)
+            gm.graph.erase_node(call)
+            call = fused
+
+
+def _relu_input(node: fx.Node, gm: fx.GraphModule) -> Optional[fx.Node]:
+    """x when ``node`` computes relu(x) out of place (F.relu, torch.relu, x.relu(), nn.ReLU; ``convert``
+    switched in-place activations off), else None."""
+    if node.op == "call_module":
+        module = module_of(gm, node)
+        is_relu = type(module) is nn.ReLU and not module.inplace and not node.kwargs
+    elif node.op in ("call_function", "call_method"):
+        is_relu = node.target in (torch.relu, F.relu, "relu") and not node.kwargs.get("inplace", False) and \
+            len(node.args) == 1
+    else:
+        is_relu = False
+    return node.args[0] if is_relu and len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
+
+
+def _fuse_residual_relus(gm: fx.GraphModule) -> None:
+    """A fused residual computed by a ReLU reads the ReLU's input instead, with the op's
+    ``residual_relu`` flag set (v3): relu is exact, so the sum is the same, and a ReLU that only fed
+    residuals (a double skip's relu(x) beside the sign of x) is no longer a pass over the map."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not any(name in node.kwargs for name in _RESIDUALS):
             continue
-        other, add = match
-        with gm.graph.inserting_before(add):  # both operands exist here; the layer's call may be earlier
-            call = gm.graph.call_module(node.target, node.args, {"residual": other})
-        call.meta = dict(add.meta)
-        add.replace_all_uses_with(call)
-        gm.graph.erase_node(add)
-        gm.graph.erase_node(node)
+        kwargs, relu = dict(node.kwargs), [0, 0]
+        for k, name in enumerate(_RESIDUALS):
+            operand = kwargs.get(name)
+            source = _relu_input(operand, gm) if isinstance(operand, fx.Node) else None
+            if source is not None:
+                kwargs[name], relu[k] = source, 1
+        if any(relu):
+            node.kwargs = {**kwargs, "residual_relu": tuple(relu)}
+    for node in reversed(list(gm.graph.nodes)):  # the ReLUs nothing reads any more
+        if not node.users and _relu_input(node, gm) is not None:
+            gm.graph.erase_node(node)
 
 
 def _set_op_version(gm: fx.GraphModule) -> None:
-    """2 on every packed layer when one of them needs BinaryConv2d / BinaryLinear v2 (a threshold,
-    a fused residual), else 1, so a model that uses neither exports exactly as before version 2;
-    an ONNX model imports one version of the ``binarize`` domain."""
+    """The newest version any packed call needs (ops.py, ``_version``) on every packed layer, so a model
+    that uses none of version 2's or 3's inputs exports exactly as before they existed; an ONNX
+    model imports one version of the ``binarize`` domain."""
     layers = [m for m in gm.modules() if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))]
-    residual_calls = any(n.op == "call_module" and "residual" in n.kwargs for n in gm.graph.nodes)
-    version = 2 if residual_calls or any(m.threshold is not None for m in layers) else 1
+    calls = [n for n in gm.graph.nodes if n.op == "call_module" and module_of(gm, n) in layers]
+    version = 2 if any(m.threshold is not None for m in layers) or any("residual" in n.kwargs for n in calls) else 1
+    if any("residual2" in n.kwargs or any(n.kwargs.get("residual_relu", ())) for n in calls):
+        version = 3
     for layer in layers:
         layer.op_version = version
 
@@ -276,6 +325,7 @@ def prepare(model: nn.Module, example_input: Optional[Inputs] = None) -> fx.Grap
     gm.recompile()
     if example_input is not None:
         _fuse_residual_adds(gm, _example_args(example_input))
+        _fuse_residual_relus(gm)
         gm.recompile()
     _set_op_version(gm)
     gm.delete_all_unused_submodules()
@@ -336,10 +386,12 @@ def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Input
     in the model in int8 (QDQ form, :mod:`binarize.converters.int8`), with their ranges measured on
     those batches; without it everything but the binary layers stays float32. Check the accuracy:
     a network without double skips (xnor) can lose most of it (benchmarks/RESULTS.md).
-    With ``fuse_residual_adds`` (the default) the Add of a binary layer's output and a same-shape
-    tensor (a double skip) runs inside the binary op; that and a layer's ``input_threshold`` need
-    version 2 of the ``binarize`` operators, which the file then imports (a model using neither is
-    written with version 1, as before version 2 existed).
+    With ``fuse_residual_adds`` (the default) the Adds of a binary layer's output and same-shape
+    tensors (a double skip, then a basic block's identity shortcut) run inside the binary op, and
+    so does a ReLU that computes such a tensor. One fused Add or a layer's ``input_threshold`` needs
+    version 2 of the ``binarize`` operators, a second Add or a fused ReLU version 3; the file
+    imports the oldest version its layers can use (a model using none of them is written with
+    version 1, as before version 2 existed).
     The model is not modified; the file is written atomically.
     """
     path = Path(path)

@@ -4,7 +4,8 @@
 A :class:`PackedBinaryConv2d` holds what the runtime needs and nothing else: the signs packed
 into int64 words (once, when it is built), one multiplier and one bias per packed output channel.
 Its custom op ``torch.ops.binarize.binary_conv2d`` (``binary_conv2d_v2`` with the version-2 inputs:
-a threshold per input channel, a residual added in the epilogue) has an eager implementation that computes
+a threshold per input channel, a residual added in the epilogue; ``binary_conv2d_v3`` with a second
+residual and a ReLU on either) has an eager implementation that computes
 exactly what the kernel computes (``multiplier * D + bias`` with the integer dot product D of the
 signs), so a prepared model can also be run in PyTorch, and a fake kernel for ``torch.export``.
 :data:`ONNX_TRANSLATIONS` is the ``custom_translation_table`` for ``torch.onnx.export``.
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.opset import BINARY_CONV2D_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V1, BINARY_LINEAR_V2, conv_output_size
+from binarize.opset import (BINARY_CONV2D_V1, BINARY_CONV2D_V2, BINARY_CONV2D_V3, BINARY_LINEAR_V1, BINARY_LINEAR_V2,
+                            BINARY_LINEAR_V3, conv_output_size)
 from binarize.packing import pack_weight, packed_words, unpack_bits
 from binarize.quantizers import binary_sign
 
@@ -44,14 +46,24 @@ def _signs_of_input(x: torch.Tensor, threshold: Optional[torch.Tensor], axis: in
     return binary_sign(x)
 
 
-def _conv_reference(x, weight, multiplier, bias, threshold, residual, in_channels, strides, pads, dilations):
+def _add_residuals(y: torch.Tensor, residuals: Sequence[Optional[torch.Tensor]],
+                   residual_relu: Sequence[int] = (0, 0)) -> torch.Tensor:
+    """``((y + f0(R0)) + f1(R1))`` in this order, an absent residual not added; ``fk(r) = (r < 0 ? 0 :
+    r)`` (a ReLU that keeps NaN, as the kernels) where ``residual_relu[k]``, else r (versions 2 and 3)."""
+    for residual, relu in zip(residuals, residual_relu):
+        if residual is not None:
+            y = y + (torch.where(residual < 0, torch.zeros_like(residual), residual) if relu else residual)
+    return y
+
+
+def _conv_reference(x, weight, multiplier, bias, threshold, residuals, in_channels, strides, pads, dilations,
+                    residual_relu=(0, 0)):
     signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
     top, left, bottom, right = pads
     x_signs = F.pad(_signs_of_input(x, threshold, 1), (left, right, top, bottom))  # zero padding after binarizing
     # The products are ±1 and the sums integers below 2^24: exact in float32, as the kernel's integers.
     dot = F.conv2d(x_signs, signs, None, strides, 0, dilations)
-    y = dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
-    return y if residual is None else y + residual
+    return _add_residuals(dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), residuals, residual_relu)
 
 
 def _conv_fake(x, weight, kernel_shape, strides, pads, dilations):
@@ -60,10 +72,9 @@ def _conv_fake(x, weight, kernel_shape, strides, pads, dilations):
     return x.new_empty((x.shape[0], weight.shape[0], height, width))
 
 
-def _linear_reference(x, weight, multiplier, bias, threshold, residual, in_features):
+def _linear_reference(x, weight, multiplier, bias, threshold, residuals, in_features, residual_relu=(0, 0)):
     dot = F.linear(_signs_of_input(x, threshold, -1), _unpack(weight, in_features))
-    y = dot * multiplier + bias
-    return y if residual is None else y + residual
+    return _add_residuals(dot * multiplier + bias, residuals, residual_relu)
 
 
 @torch.library.custom_op(BINARY_CONV2D_V1.torch_op, mutates_args=())
@@ -72,7 +83,7 @@ def binary_conv2d(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tenso
                   dilations: List[int]) -> torch.Tensor:
     """BinaryConv2d v1 (kernels/ops/): ``multiplier * D + bias``, D the zero-padded correlation of
     sign(x) with the packed signs ``weight`` [M, KH, KW, ceil(C/64)]; pads are [top, left, bottom, right]."""
-    return _conv_reference(x, weight, multiplier, bias, None, None, in_channels, strides, pads, dilations)
+    return _conv_reference(x, weight, multiplier, bias, None, (), in_channels, strides, pads, dilations)
 
 
 @binary_conv2d.register_fake
@@ -86,7 +97,7 @@ def binary_conv2d_v2(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Te
                      kernel_shape: List[int], strides: List[int], pads: List[int],
                      dilations: List[int]) -> torch.Tensor:
     """BinaryConv2d v2: v1 on sign(x - threshold[c]), plus ``residual`` (either may be None)."""
-    return _conv_reference(x, weight, multiplier, bias, threshold, residual, in_channels, strides, pads, dilations)
+    return _conv_reference(x, weight, multiplier, bias, threshold, (residual,), in_channels, strides, pads, dilations)
 
 
 @binary_conv2d_v2.register_fake
@@ -95,11 +106,27 @@ def _binary_conv2d_v2_fake(x, weight, multiplier, bias, threshold, residual, in_
     return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
 
 
+@torch.library.custom_op(BINARY_CONV2D_V3.torch_op, mutates_args=())
+def binary_conv2d_v3(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                     threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                     residual2: Optional[torch.Tensor], in_channels: int, kernel_shape: List[int], strides: List[int],
+                     pads: List[int], dilations: List[int], residual_relu: List[int]) -> torch.Tensor:
+    """BinaryConv2d v3: v2 plus ``residual2``, each residual through a ReLU where ``residual_relu`` says."""
+    return _conv_reference(x, weight, multiplier, bias, threshold, (residual, residual2), in_channels, strides, pads,
+                           dilations, residual_relu)
+
+
+@binary_conv2d_v3.register_fake
+def _binary_conv2d_v3_fake(x, weight, multiplier, bias, threshold, residual, residual2, in_channels, kernel_shape,
+                           strides, pads, dilations, residual_relu):
+    return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
+
+
 @torch.library.custom_op(BINARY_LINEAR_V1.torch_op, mutates_args=())
 def binary_linear(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                   in_features: int) -> torch.Tensor:
     """BinaryLinear v1 (kernels/ops/): ``multiplier * (sign(x) . signs^T) + bias`` over x's last axis."""
-    return _linear_reference(x, weight, multiplier, bias, None, None, in_features)
+    return _linear_reference(x, weight, multiplier, bias, None, (), in_features)
 
 
 @binary_linear.register_fake
@@ -112,11 +139,24 @@ def binary_linear_v2(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Te
                      threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                      in_features: int) -> torch.Tensor:
     """BinaryLinear v2: v1 on sign(x - threshold[k]), plus ``residual`` (either may be None)."""
-    return _linear_reference(x, weight, multiplier, bias, threshold, residual, in_features)
+    return _linear_reference(x, weight, multiplier, bias, threshold, (residual,), in_features)
 
 
 @binary_linear_v2.register_fake
 def _binary_linear_v2_fake(x, weight, multiplier, bias, threshold, residual, in_features):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op(BINARY_LINEAR_V3.torch_op, mutates_args=())
+def binary_linear_v3(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                     threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                     residual2: Optional[torch.Tensor], in_features: int, residual_relu: List[int]) -> torch.Tensor:
+    """BinaryLinear v3: v2 plus ``residual2``, each residual through a ReLU where ``residual_relu`` says."""
+    return _linear_reference(x, weight, multiplier, bias, threshold, (residual, residual2), in_features, residual_relu)
+
+
+@binary_linear_v3.register_fake
+def _binary_linear_v3_fake(x, weight, multiplier, bias, threshold, residual, residual2, in_features, residual_relu):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -142,6 +182,14 @@ def _binary_conv2d_v2_onnx(x, weight, multiplier, bias, threshold, residual, in_
                                       **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations))
 
 
+def _binary_conv2d_v3_onnx(x, weight, multiplier, bias, threshold, residual, residual2, in_channels: int,
+                           kernel_shape: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                           dilations: Sequence[int], residual_relu: Sequence[int]):
+    return _onnx_op(BINARY_CONV2D_V3)(x, weight, multiplier, bias, threshold, residual, residual2,
+                                      **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations),
+                                      residual_relu=list(residual_relu))
+
+
 def _binary_linear_onnx(x, weight, multiplier, bias, in_features: int):
     return _onnx_op(BINARY_LINEAR_V1)(x, weight, multiplier, bias, in_features=in_features)
 
@@ -150,12 +198,20 @@ def _binary_linear_v2_onnx(x, weight, multiplier, bias, threshold, residual, in_
     return _onnx_op(BINARY_LINEAR_V2)(x, weight, multiplier, bias, threshold, residual, in_features=in_features)
 
 
+def _binary_linear_v3_onnx(x, weight, multiplier, bias, threshold, residual, residual2, in_features: int,
+                           residual_relu: Sequence[int]):
+    return _onnx_op(BINARY_LINEAR_V3)(x, weight, multiplier, bias, threshold, residual, residual2,
+                                      in_features=in_features, residual_relu=list(residual_relu))
+
+
 #: ``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``.
 ONNX_TRANSLATIONS = {
     torch.ops.binarize.binary_conv2d.default: _binary_conv2d_onnx,
     torch.ops.binarize.binary_linear.default: _binary_linear_onnx,
     torch.ops.binarize.binary_conv2d_v2.default: _binary_conv2d_v2_onnx,
     torch.ops.binarize.binary_linear_v2.default: _binary_linear_v2_onnx,
+    torch.ops.binarize.binary_conv2d_v3.default: _binary_conv2d_v3_onnx,
+    torch.ops.binarize.binary_linear_v3.default: _binary_linear_v3_onnx,
 }
 
 
@@ -180,20 +236,28 @@ def _optional_threshold(name: str, threshold: Optional[torch.Tensor], channels: 
 
 
 class _PackedBinaryLayer(nn.Module):
-    """What both packed layers share: the operator version they run and export as.
+    """What both packed layers share: the operator version they run and export as, and the residual
+    inputs of a call.
 
-    ``op_version`` None (the default) is 1, or 2 where the layer has a ``threshold`` or is called
-    with a ``residual`` (BinaryConv2d / BinaryLinear v2); the exporter sets 2 on every layer of a
-    model that needs version 2 anywhere, since an ONNX model imports one version of the domain."""
+    ``forward(x, residual=None, residual2=None, residual_relu=(0, 0))`` adds the residuals in the
+    op's epilogue, each through a ReLU where ``residual_relu`` says. ``op_version`` None (the
+    default) is the oldest version the call needs: 1; 2 with a ``threshold`` or a ``residual``
+    (v2); 3 with ``residual2`` or a ReLU (v3). The exporter sets the newest version any layer of the
+    model needs on every layer, since an ONNX model imports one version of the domain."""
 
     op_version: Optional[int] = None
 
-    def _version(self, residual: Optional[torch.Tensor]) -> int:
-        needs_v2 = residual is not None or self.threshold is not None
+    def _version(self, residual: Optional[torch.Tensor], residual2: Optional[torch.Tensor],
+                 residual_relu: Sequence[int]) -> int:
+        if residual2 is not None or any(residual_relu):
+            needs = 3
+        else:
+            needs = 2 if residual is not None or self.threshold is not None else 1
         if self.op_version is None:
-            return 2 if needs_v2 else 1
-        if self.op_version == 1 and needs_v2:
-            raise ValueError("a threshold or residual needs op_version = 2 (BinaryConv2d / BinaryLinear v2)")
+            return needs
+        if self.op_version < needs:
+            raise ValueError(f"op_version = {self.op_version}, but this call needs version {needs}: a threshold or "
+                             f"residual needs version 2, a second residual or a residual ReLU version 3")
         return self.op_version
 
 
@@ -204,8 +268,8 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
     ``signs`` is [orientations * out_channels, C, KH, KW] in {-1, +1}; ``multiplier`` and ``bias``
     have one value per packed output channel and are applied before the max, ``post_bias`` (one
     per output channel, optional) after it. ``threshold`` (one per input channel, optional) is the
-    binarization point of the input (v2); ``forward(x, residual)`` adds ``residual`` in the op's
-    epilogue (v2, only without orientations and post_bias, where the op's output is the layer's).
+    binarization point of the input (v2); the residuals of ``forward`` are added in the op's
+    epilogue (v2, v3; only without orientations and post_bias, where the op's output is the layer's).
     """
 
     def __init__(self, name: str, signs: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
@@ -238,14 +302,19 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         """Whether the op's output is the layer's output, so a residual can be added in the op."""
         return self.orientations == 1 and self.post_bias is None
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if residual is not None and not self.takes_residual:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                residual2: Optional[torch.Tensor] = None, residual_relu: Sequence[int] = (0, 0)) -> torch.Tensor:
+        if (residual is not None or residual2 is not None) and not self.takes_residual:
             raise ValueError("a residual is added by the op only without orientations and post_bias")
         geometry = (self.in_channels, self.kernel_shape, self.strides, self.pads, self.dilations)
-        if self._version(residual) == 1:
+        version = self._version(residual, residual2, residual_relu)
+        if version == 1:
             y = binary_conv2d(x, self.weight, self.multiplier, self.bias, *geometry)
-        else:
+        elif version == 2:
             y = binary_conv2d_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, *geometry)
+        else:
+            y = binary_conv2d_v3(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2,
+                                 *geometry, list(residual_relu))
         if self.orientations > 1:
             y = y.unflatten(1, (self.orientations, self.out_channels)).amax(1)
         if self.post_bias is not None:
@@ -261,7 +330,7 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
 
 class PackedBinaryLinear(_PackedBinaryLayer):
     """A binary Linear for inference: BinaryLinear with packed signs [M, K], multiplier and bias [M],
-    optionally a ``threshold`` [K] and a ``residual`` added in the op (v2)."""
+    optionally a ``threshold`` [K] and residuals added in the op (v2, v3)."""
 
     takes_residual = True
 
@@ -277,10 +346,16 @@ class PackedBinaryLinear(_PackedBinaryLayer):
         self.register_buffer("bias", _as_float32(bias))
         self.register_buffer("threshold", _optional_threshold(name, threshold, self.in_features))
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self._version(residual) == 1:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                residual2: Optional[torch.Tensor] = None, residual_relu: Sequence[int] = (0, 0)) -> torch.Tensor:
+        version = self._version(residual, residual2, residual_relu)
+        if version == 1:
             return binary_linear(x, self.weight, self.multiplier, self.bias, self.in_features)
-        return binary_linear_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, self.in_features)
+        if version == 2:
+            return binary_linear_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual,
+                                    self.in_features)
+        return binary_linear_v3(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2,
+                                self.in_features, list(residual_relu))
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, op_version={self.op_version}"

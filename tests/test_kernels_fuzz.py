@@ -2,7 +2,8 @@
 
 - Random valid shapes (hypothesis) on every kernel path against an independent reference: PyTorch's
   float convolution of the signs (version 2: of sign(x - threshold), ties x = threshold included,
-  plus the residual).
+  plus the residual; version 3: plus two residuals, each through a ReLU or not, with negative
+  zeros and NaNs among their values).
 - Hostile attributes (huge or wrapped-around pads, strides, dilations, kernel sizes, wrong types)
   on every path, in a subprocess: each must be a Python exception, never a signal and never an
   output. Both tests are bounded to a few seconds each.
@@ -53,9 +54,11 @@ def model_bytes(op: str, x_shape, initializers: dict, attributes: list, *, input
     return model.SerializeToString()
 
 
-def v2_inputs(with_threshold: bool, with_residual: bool) -> tuple:
-    """BinaryConv2d / BinaryLinear v2 input names, an optional input left out as ""."""
-    names = ["X", "W", "multiplier", "bias", "threshold" if with_threshold else "", "R" if with_residual else ""]
+def v2_inputs(with_threshold: bool, with_residual: bool, with_residual2: bool = False) -> tuple:
+    """BinaryConv2d / BinaryLinear v2 (and, with ``with_residual2``, v3) input names, an optional
+    input left out as ""."""
+    names = ["X", "W", "multiplier", "bias", "threshold" if with_threshold else "", "R" if with_residual else "",
+             "R2" if with_residual2 else ""]
     while names[-1] == "":
         names.pop()
     return tuple(names)
@@ -84,11 +87,11 @@ def assert_every_path_gives(model: bytes, feed: dict, expected: np.ndarray) -> N
         np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4, err_msg=isa)
 
 
-@FUZZ
-@given(conv_cases())
-def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
-    n, c, m, kernel, stride, pads, dilation, (h, w), seed = case
-    rng = np.random.default_rng(seed)
+def random_conv(case, rng: np.random.Generator) -> tuple:
+    """(x, a tenth of it 0; +-1 weights; multiplier; bias; the node's attributes; the reference
+    result: PyTorch's float conv of the zero-padded signs, times multiplier, plus bias) for a
+    conv_cases() draw."""
+    n, c, m, kernel, stride, pads, dilation, (h, w), _ = case
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     x[rng.random(x.shape) < 0.1] = 0.0
     w_signs = np.where(rng.random((m, c, *kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
@@ -97,24 +100,36 @@ def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
     top, left, bottom, right = pads
     d = F.conv2d(F.pad(float_sign(x), (left, right, top, bottom)), torch.from_numpy(w_signs).double(),
                  stride=stride, dilation=dilation).numpy()
-    expected = d * multiplier[:, None, None] + bias[:, None, None]
-    model = model_bytes("BinaryConv2d", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias},
-                        [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
-                         helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
-                         helper.make_attribute("dilations", list(dilation))])
+    attributes = [helper.make_attribute("kernel_shape", list(kernel)), helper.make_attribute("in_channels", c),
+                  helper.make_attribute("strides", list(stride)), helper.make_attribute("pads", list(pads)),
+                  helper.make_attribute("dilations", list(dilation))]
+    return x, w_signs, multiplier, bias, attributes, d * multiplier[:, None, None] + bias[:, None, None]
+
+
+@FUZZ
+@given(conv_cases())
+def test_random_conv_matches_float_conv_of_signs_on_every_path(case):
+    x, w_signs, multiplier, bias, attributes, expected = random_conv(case, np.random.default_rng(case[-1]))
+    model = model_bytes("BinaryConv2d", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
+                                                  "bias": bias}, attributes)
     assert_every_path_gives(model, {"X": x}, expected)
+
+
+def random_linear(rows, features: int, out_features: int, rng: np.random.Generator) -> tuple:
+    """(x [*rows, features]; +-1 weights; multiplier; bias; the reference result: the float matmul
+    of the signs, times multiplier, plus bias)."""
+    x = rng.standard_normal((*rows, features)).astype(np.float32)
+    w_signs = np.where(rng.random((out_features, features)) < 0.5, -1.0, 1.0).astype(np.float32)
+    multiplier = rng.uniform(0.5, 2.0, out_features).astype(np.float32)
+    bias = rng.standard_normal(out_features).astype(np.float32)
+    return x, w_signs, multiplier, bias, (float_sign(x) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
 
 
 @FUZZ
 @given(st.lists(st.integers(0, 3), min_size=1, max_size=3), st.integers(1, 300), st.integers(1, 40),
        st.integers(0, 2**32 - 1))
 def test_random_linear_matches_float_matmul_of_signs_on_every_path(rows, features, out_features, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((*rows, features)).astype(np.float32)
-    w_signs = np.where(rng.random((out_features, features)) < 0.5, -1.0, 1.0).astype(np.float32)
-    multiplier = rng.uniform(0.5, 2.0, out_features).astype(np.float32)
-    bias = rng.standard_normal(out_features).astype(np.float32)
-    expected = (float_sign(x) @ torch.from_numpy(w_signs).double().T).numpy() * multiplier + bias
+    x, w_signs, multiplier, bias, expected = random_linear(rows, features, out_features, np.random.default_rng(seed))
     model = model_bytes("BinaryLinear", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
                                                   "bias": bias}, [helper.make_attribute("in_features", features)])
     assert_every_path_gives(model, {"X": x}, expected)
@@ -194,6 +209,62 @@ def test_random_linear_v2_matches_float_matmul_of_thresholded_signs_plus_residua
                    expected, threshold if with_threshold else None, with_residual, rng)
 
 
+# ---- version 3: a second residual and a ReLU on either -----------------------------------------
+
+def residual_values(shape, rng: np.random.Generator) -> np.ndarray:
+    """Random residual values with negative zeros and NaNs among them: the ReLU keeps NaN (and -0)."""
+    r = rng.standard_normal(shape).astype(np.float32)
+    r[rng.random(shape) < 0.05] = -0.0
+    r[rng.random(shape) < 0.02] = np.nan
+    return r
+
+
+def rectified(r: np.ndarray, relu: int) -> np.ndarray:
+    return np.where(r < 0, np.float32(0), r) if relu else r
+
+
+def assert_v3_case(op: str, x: np.ndarray, attributes: list, w_signs: np.ndarray, multiplier: np.ndarray,
+                   bias: np.ndarray, expected: np.ndarray, residuals: tuple, relu: tuple, rng) -> None:
+    """A version-3 node: ``residuals`` (present or not) as graph inputs R and R2, ``residual_relu`` =
+    ``relu``; expected = ((expected + f0(R)) + f1(R2)) in float32, on every kernel path."""
+    expected = expected.astype(np.float32)
+    values = [residual_values(expected.shape, rng) if present else None for present in residuals]
+    for value, flag in zip(values, relu):
+        if value is not None:
+            expected = expected + rectified(value, flag)
+    names = {"R": values[0], "R2": values[1]}
+    feeds = {name: value for name, value in names.items() if value is not None}
+    model = model_bytes(op, x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier, "bias": bias},
+                        attributes + [helper.make_attribute("residual_relu", list(relu))],
+                        inputs=v2_inputs(False, residuals[0], residuals[1]), version=3,
+                        graph_inputs={name: value.shape for name, value in feeds.items()})
+    assert_every_path_gives(model, {"X": x, **feeds}, expected)
+
+
+RESIDUALS_AND_RELUS = st.tuples(st.tuples(st.booleans(), st.booleans()), st.tuples(st.integers(0, 1), st.integers(0, 1)))
+
+
+@FUZZ
+@given(conv_cases(), RESIDUALS_AND_RELUS)
+def test_random_conv_v3_adds_two_residuals_each_through_its_relu(case, residuals_and_relus):
+    residuals, relu = residuals_and_relus
+    rng = np.random.default_rng(case[-1])
+    x, w_signs, multiplier, bias, attributes, expected = random_conv(case, rng)
+    assert_v3_case("BinaryConv2d", x, attributes, w_signs, multiplier, bias, expected, residuals, relu, rng)
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=3), st.integers(1, 300), st.integers(1, 40),
+       st.integers(0, 2**32 - 1), RESIDUALS_AND_RELUS)
+def test_random_linear_v3_adds_two_residuals_each_through_its_relu(rows, features, out_features, seed,
+                                                                   residuals_and_relus):
+    residuals, relu = residuals_and_relus
+    rng = np.random.default_rng(seed)
+    x, w_signs, multiplier, bias, expected = random_linear(rows, features, out_features, rng)
+    assert_v3_case("BinaryLinear", x, [helper.make_attribute("in_features", features)], w_signs, multiplier, bias,
+                   expected, residuals, relu, rng)
+
+
 # ---- hostile attributes ---------------------------------------------------------------------
 
 BIG = 2**62
@@ -238,6 +309,20 @@ HOSTILE_V2_INPUTS = {
     "linear residual with zero rows": ("BinaryLinear", (0, 64), None, (1, 3)),
 }
 
+# Version 3: residual_relu (an attribute of BinaryConv2d 3x3 on 8 channels, 4 outputs) and residual2
+# of the wrong shape: name -> (residual_relu attribute value or None, residual2 shape or None).
+HOSTILE_V3 = {
+    "residual_relu of 3 values": ([1, 1, 1], None),
+    "residual_relu of 1 value": ([1], None),
+    "residual_relu value 2": ([2, 0], None),
+    "residual_relu negative": ([0, -1], None),
+    "residual_relu as an int": (1, None),
+    "residual_relu as floats": ([1.0, 0.0], None),
+    "residual2 of the input's shape": (None, (1, 4, 5, 5)),
+    "residual2 broadcastable": ([0, 1], (1, 4, 1, 1)),
+    "residual2 of rank 3": (None, (4, 3, 3)),
+}
+
 HOSTILE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -260,7 +345,8 @@ HOSTILE_SCRIPT = textwrap.dedent("""
 
 def test_hostile_attributes_are_errors_on_every_path(tmp_path):
     """Plain ONNX Runtime with the library (only the C++ checks run) in a fresh interpreter: every
-    hostile case (attributes; version 2's threshold and residual of the wrong shape) on every path
+    hostile case (attributes; version 2's threshold and residual and version 3's residual2 of the
+    wrong shape, a malformed residual_relu) on every path
     must raise; the process must exit normally (no SIGSEGV, no abort)."""
     jobs = []
     for i, (name, (x_shape, w_shape, attributes)) in enumerate(HOSTILE_CONV.items()):
@@ -293,6 +379,20 @@ def test_hostile_attributes_are_errors_on_every_path(tmp_path):
                                      inputs=v2_inputs(threshold_shape is not None, residual_shape is not None),
                                      graph_inputs={"R": residual_shape} if residual_shape is not None else None))
         feeds = {"X": list(x_shape), **({"R": list(residual_shape)} if residual_shape is not None else {})}
+        jobs.extend((name, isa, str(path), feeds) for isa in ISAS)
+
+    for i, (name, (relu, residual2_shape)) in enumerate(HOSTILE_V3.items()):
+        path = tmp_path / f"v3-{i}.onnx"
+        attributes = [helper.make_attribute("in_channels", 8), helper.make_attribute("kernel_shape", [3, 3])]
+        if relu is not None:
+            attributes.append(helper.make_attribute("residual_relu", relu))
+        residual2 = {"R2": residual2_shape} if residual2_shape is not None else {}
+        path.write_bytes(model_bytes("BinaryConv2d", (1, 8, 5, 5),
+                                     {"W": np.zeros((4, 3, 3, 1), np.int64), "multiplier": np.ones(4, np.float32),
+                                      "bias": np.zeros(4, np.float32)}, attributes, version=3,
+                                     inputs=v2_inputs(False, True, bool(residual2)),
+                                     graph_inputs={"R": (1, 4, 3, 3), **residual2}))
+        feeds = {"X": [1, 8, 5, 5], "R": [1, 4, 3, 3], **{k: list(v) for k, v in residual2.items()}}
         jobs.extend((name, isa, str(path), feeds) for isa in ISAS)
 
     result = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(jobs)], capture_output=True,

@@ -137,6 +137,17 @@ def test_unknown_attribute_is_refused_by_the_runtime():
         runtime.session(make_model("BinaryConv2d", CONV + [A("foo", 1)]))
 
 
+@pytest.mark.parametrize("op, attributes, shapes", [("BinaryConv2d", CONV, {}),
+                                                    ("BinaryLinear", [A("in_features", 64)], dict(x_shape=(2, 64), w_shape=(3, 1)))])
+def test_version_3_attribute_on_a_version_2_node_is_refused_by_the_runtime(op, attributes, shapes):
+    """The kernel reads residual_relu whatever the node's version (it cannot see it): the runtime
+    refuses it on a node of a version that does not define it, and accepts it on version 3."""
+    relu = A("residual_relu", [1, 0])
+    with pytest.raises(ValueError, match=rf"\({op} version 2\) has unknown attribute\(s\) \['residual_relu'\]"):
+        runtime.session(make_model(op, attributes + [relu], version=2, **shapes))
+    runtime.session(make_model(op, attributes + [relu], version=3, **shapes))
+
+
 def test_unknown_binarize_operator_is_refused_by_the_runtime():
     with pytest.raises(ValueError, match=r"the model \(bytes\): node 'Y': binarize opset version 1 has no operator "
                                          r"'BinaryConv3d'"):
@@ -160,6 +171,7 @@ V2_INPUTS = ["X", "W", "multiplier", "bias", "threshold", "residual"]
     (1, V2_INPUTS[:4] + [""], r"\(BinaryConv2d version 1\) has 5 inputs"),
     (2, V2_INPUTS + ["residual"], r"\(BinaryConv2d version 2\) has 7 inputs; .*\(the last 2 optional\)"),
     (2, V2_INPUTS[:3], r"\(BinaryConv2d version 2\) has 3 inputs"),
+    (3, V2_INPUTS + ["residual", "residual"], r"\(BinaryConv2d version 3\) has 8 inputs; .*\(the last 3 optional\)"),
 ])
 def test_input_count_outside_the_version_is_refused_by_the_runtime(version, names, message):
     """ONNX Runtime resolves every version of a custom op to one schema, so the kernel cannot
@@ -189,11 +201,11 @@ def test_version_1_files_run_as_before():
         np.testing.assert_array_equal(y, np.full((1, 4, 3, 3), 72.0, np.float32))
 
 
-@pytest.mark.parametrize("version", [0, 3, 99])
+@pytest.mark.parametrize("version", [0, 4, 99])
 def test_unknown_opset_version_is_refused_naming_the_file(version, tmp_path):
     path = tmp_path / f"v{version}.onnx"
     path.write_bytes(make_model("BinaryConv2d", CONV, version=version))
-    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1, 2\]"):
+    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1, 2, 3\]"):
         runtime.session(path)
 
 

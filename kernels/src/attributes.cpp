@@ -75,21 +75,36 @@ std::vector<int64_t> read_attribute(const OrtApi& api, const OrtKernelInfo* info
     return values;
 }
 
-// Attributes that belong to the other op (e.g. conv attributes on BinaryLinear) are refused.
 template <size_t N>
-void refuse_foreign(const OrtApi& api, const OrtKernelInfo* info, const char* op,
-                    const AttributeDefinition (&foreign)[N]) {
-    size_t unused = 0;
-    for (const AttributeDefinition& def : foreign)
-        if (has_attribute(api, info, def.name, unused))
-            fail(op, "unknown attribute '", def.name, "' (version ", kOpsetVersion, " of ", op, " does not have it)");
+const AttributeDefinition* find_definition(const AttributeDefinition (&defs)[N], const std::string& name) {
+    for (const AttributeDefinition& def : defs)
+        if (name == def.name) return &def;
+    return nullptr;
 }
 
 template <size_t N>
 const AttributeDefinition& definition_of(const AttributeDefinition (&defs)[N], const std::string& name) {
-    for (const AttributeDefinition& def : defs)
-        if (name == def.name) return def;
+    if (const AttributeDefinition* def = find_definition(defs, name)) return *def;
     throw std::logic_error("op_definitions.h has no attribute " + name);  // a bug of this library
+}
+
+// Attributes that belong only to the other op (e.g. conv attributes on BinaryLinear) are refused.
+template <size_t N, size_t M>
+void refuse_foreign(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                    const AttributeDefinition (&foreign)[N], const AttributeDefinition (&own)[M]) {
+    size_t unused = 0;
+    for (const AttributeDefinition& def : foreign)
+        if (find_definition(own, def.name) == nullptr && has_attribute(api, info, def.name, unused))
+            fail(op, "unknown attribute '", def.name, "' (version ", kOpsetVersion, " of ", op, " does not have it)");
+}
+
+// v3's residual_relu: one flag per residual input.
+template <size_t N>
+void read_residual_relu(const OrtApi& api, const OrtKernelInfo* info, const char* op,
+                        const AttributeDefinition (&defs)[N], ConvConfig& c) {
+    const auto flags = read_attribute(api, info, op, definition_of(defs, "residual_relu"));
+    c.residual_relu[0] = flags[0] != 0;
+    c.residual_relu[1] = flags[1] != 0;
 }
 
 void check_reduction_size(const ConvConfig& c) {
@@ -105,8 +120,8 @@ void check_reduction_size(const ConvConfig& c) {
 // against the newest definition.
 ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryConv2d";
-    refuse_foreign(api, info, op, kBinaryLinearV2Attributes);
-    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV2Attributes, name)); };
+    refuse_foreign(api, info, op, kBinaryLinearV3Attributes, kBinaryConv2dV3Attributes);
+    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV3Attributes, name)); };
     ConvConfig c{op, false, read("in_channels")[0]};
     const auto kernel = read("kernel_shape");
     const auto strides = read("strides");
@@ -117,14 +132,17 @@ ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     c.stride_h = strides[0], c.stride_w = strides[1];
     c.pad_top = pads[0], c.pad_left = pads[1], c.pad_bottom = pads[2], c.pad_right = pads[3];
     c.dilation_h = dilations[0], c.dilation_w = dilations[1];
+    read_residual_relu(api, info, op, kBinaryConv2dV3Attributes, c);
     check_reduction_size(c);
     return c;
 }
 
 ConvConfig read_linear_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryLinear";
-    refuse_foreign(api, info, op, kBinaryConv2dV2Attributes);
-    return ConvConfig{op, true, read_attribute(api, info, op, definition_of(kBinaryLinearV2Attributes, "in_features"))[0]};
+    refuse_foreign(api, info, op, kBinaryConv2dV3Attributes, kBinaryLinearV3Attributes);
+    ConvConfig c{op, true, read_attribute(api, info, op, definition_of(kBinaryLinearV3Attributes, "in_features"))[0]};
+    read_residual_relu(api, info, op, kBinaryLinearV3Attributes, c);
+    return c;
 }
 
 }  // namespace binarize

@@ -145,12 +145,13 @@ BinaryConvKernel::BinaryConvKernel(const OrtApi& api, const OrtKernelInfo* info,
 
 void BinaryConvKernel::Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    // Version 1 nodes have 4 inputs, version 2 nodes up to 6 (threshold, residual); a kernel
-    // cannot see the node's version (binarize.runtime.session refuses a version-1 node with more).
+    // Version 1 nodes have 4 inputs, version 2 nodes up to 6 (threshold, residual), version 3 up
+    // to 7 (residual2); a kernel cannot see the node's version (binarize.runtime.session refuses
+    // a node with inputs or attributes its version does not have).
     const size_t inputs = ctx.GetInputCount();
-    if (inputs < 4 || inputs > 6)
-        fail(config_.op, "expected 4 inputs (X, W, multiplier, bias) or, in version 2, up to 6 (+ threshold, residual), got ",
-             inputs);
+    if (inputs < 4 || inputs > 7)
+        fail(config_.op, "expected 4 inputs (X, W, multiplier, bias) or, in version 2, up to 6 (+ threshold, residual), "
+             "in version 3 up to 7 (+ residual2), got ", inputs);
     const TensorView x = input_view(ctx, 0);
 
     // Weights that were not a constant initializer are reordered on every call.
@@ -202,13 +203,17 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                                                                  : "one per input channel, attribute in_channels");
     if (width == 0 && config_.linear) {  // zero rows: nothing to compute
         optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y");
+        optional_float_input(ctx, 6, config_.op, "residual2", out_shape, "exactly the shape of Y");
         ctx.GetOutput(0, out_shape);
         return;
     }
     // Checked on every path, before any table or buffer is built.
     const ConvShape shape = conv_shape(config_, height, width);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
-    const float* residual = optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y");
+    const Residuals residuals{
+        {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
+         optional_float_input(ctx, 6, config_.op, "residual2", out_shape, "exactly the shape of Y")},
+        {config_.residual_relu[0], config_.residual_relu[1]}};
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const int64_t pixels = shape.out_h * shape.out_w;
     if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables
@@ -225,7 +230,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                             weights->original, m, config_.kernel_h, config_.kernel_w, config_.stride_h,
                             config_.stride_w, config_.pad_top, config_.pad_left, config_.dilation_h,
                             config_.dilation_w, shape.out_h, shape.out_w, mult, b, y,
-                            out_image_stride, out_channel_stride, out_pixel_stride, threshold, residual};
+                            out_image_stride, out_channel_stride, out_pixel_stride, threshold, residuals};
         reference_binary_conv(r);
         return;
     }
@@ -260,7 +265,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                                config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
                                geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
                                weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
-                               out_image_stride, out_channel_stride, out_pixel_stride, residual},
+                               out_image_stride, out_channel_stride, out_pixel_stride, residuals},
                       channel_blocks, pixel_blocks, block_groups, blocks_per_group};
     ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * block_groups * channel_blocks), 0, &conv);
 }

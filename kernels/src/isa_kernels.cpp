@@ -42,25 +42,32 @@ namespace {
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The residuals (kernel_api.h) of the tile that starts `offset` floats into the output.
+inline Residuals residuals_at(const Residuals& r, int64_t offset) {
+    return {{r.tensor[0] == nullptr ? nullptr : r.tensor[0] + offset, r.tensor[1] == nullptr ? nullptr : r.tensor[1] + offset},
+            {r.relu[0], r.relu[1]}};
+}
+
+inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }
+
 // Stores an epilogue tile one float at a time: rows[p] holds pixel p's results for kLanes
 // channels; channel j of pixel p goes to out[j * channel_stride + p * pixel_stride], plus the
-// residual at the same offset when there is one (BinaryConv2d v2's fused Add).
+// residuals at the same offset (BinaryConv2d v2's fused Add, v3's second Add and ReLUs).
 template <int kLanes, int NP, typename Floats>
-inline void store_tile_one_by_one(float* out, const float* residual, int64_t channel_stride, int64_t pixel_stride,
+inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_t channel_stride, int64_t pixel_stride,
                                   const Floats (&rows)[NP], int pixels, int channels) {
     float tile[NP][kLanes];
     static_assert(sizeof(tile) == sizeof(rows), "Floats holds kLanes floats");
     std::memcpy(tile, rows, sizeof(tile));
-    if (residual == nullptr) {
+    for (int k = 0; k < 2; ++k) {
+        const float* r = residuals.tensor[k];
+        if (r == nullptr) continue;
+        const bool relu = residuals.relu[k];
         for (int j = 0; j < channels; ++j)
-            for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = tile[p][j];
-        return;
+            for (int p = 0; p < pixels; ++p) tile[p][j] += rectified(r[j * channel_stride + p * pixel_stride], relu);
     }
     for (int j = 0; j < channels; ++j)
-        for (int p = 0; p < pixels; ++p) {
-            const int64_t i = j * channel_stride + p * pixel_stride;
-            out[i] = tile[p][j] + residual[i];
-        }
+        for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = tile[p][j];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,7 +207,7 @@ struct Isa : Avx512Words, Avx512Counting {
     // 8-13, and masked stores write each run. Scalar stores (one per output, each to another
     // channel plane) cost more than the whole xor/popcount loop of a 64-channel layer.
     template <int NP>
-    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
                               int pixels, int channels) {
         static_assert(NP <= 6, "three pixel pairs");
         auto pair = [&](int p) {  // pixels p, p+1 (rows past NP repeat the last; never stored)
@@ -218,12 +225,17 @@ struct Isa : Avx512Words, Avx512Counting {
             const __m512i channel = _mm512_set1_epi32(j);
             const __m512 p0123 = _mm512_permutex2var_ps(p01, _mm512_add_epi32(first, channel), p23);
             __m512 both = _mm512_permutex2var_ps(p0123, _mm512_mask_add_epi32(second, 0x3030, second, channel), p45);
-            if (residual != nullptr) {  // the same lanes of channels j and j + 1 of the residual
+            for (int k = 0; k < 2; ++k) {  // the same lanes of channels j and j + 1 of each residual
+                const float* residual = residuals.tensor[k];
+                if (residual == nullptr) continue;
                 const __mmask8 lanes = static_cast<__mmask8>(pixel_lanes);
                 const __m256 r0 = _mm256_maskz_loadu_ps(lanes, residual + j * channel_stride);
                 const __m256 r1 = j + 1 < channels ? _mm256_maskz_loadu_ps(lanes, residual + (j + 1) * channel_stride)
                                                    : _mm256_setzero_ps();
-                both = _mm512_add_ps(both, _mm512_insertf32x8(_mm512_castps256_ps512(r0), r1, 1));
+                __m512 r = _mm512_insertf32x8(_mm512_castps256_ps512(r0), r1, 1);
+                // max(0, r) returns r when r is NaN or -0 (its second operand): rectified()'s r < 0 ? 0 : r.
+                if (residuals.relu[k]) r = _mm512_max_ps(_mm512_setzero_ps(), r);
+                both = _mm512_add_ps(both, r);
             }
             _mm512_mask_storeu_ps(out + j * channel_stride, pixel_lanes, both);
             if (j + 1 < channels)
@@ -289,10 +301,30 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
         return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
     }
+    // Transpose in registers: the (up to 3) pixel rows, padded to 4, become one xmm per channel
+    // holding its pixels, stored with one masked store; each residual is one masked load. Storing
+    // and adding one float at a time took more instructions (callgrind, ResNet-18) than ONNX
+    // Runtime's own Add and Relu passes that the fused residuals replace.
     template <int NP>
-    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
                               int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
+        static_assert(NP <= 4, "one 4 x 4 transpose");
+        __m128 c0 = rows[0], c1 = rows[NP > 1 ? 1 : 0], c2 = rows[NP > 2 ? 2 : 0], c3 = rows[NP > 3 ? 3 : 0];
+        _MM_TRANSPOSE4_PS(c0, c1, c2, c3);  // c_j: channel j's pixels 0-3 (lanes past `pixels` unused)
+        const __m128 columns[4] = {c0, c1, c2, c3};
+        const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(pixels), _mm_setr_epi32(0, 1, 2, 3));
+        for (int j = 0; j < channels; ++j) {
+            __m128 y = columns[j];
+            for (int k = 0; k < 2; ++k) {
+                const float* residual = residuals.tensor[k];
+                if (residual == nullptr) continue;
+                __m128 r = _mm_maskload_ps(residual + j * channel_stride, lanes);
+                // max(0, r) returns r when r is NaN or -0 (its second operand): rectified()'s r < 0 ? 0 : r.
+                if (residuals.relu[k]) r = _mm_max_ps(_mm_setzero_ps(), r);
+                y = _mm_add_ps(y, r);
+            }
+            _mm_maskstore_ps(out + j * channel_stride, lanes, y);
+        }
     }
 
     // Packing: 16 pixels' words in four ymm; the 32-bit compare masks are widened to 64 bits.
@@ -338,9 +370,9 @@ struct Isa {
         return *multiplier * static_cast<float>(*base - 2 * static_cast<int32_t>(total)) + *bias;
     }
     template <int NP>
-    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
                               int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
+        store_tile_one_by_one<kLanes>(out, residuals, channel_stride, 1, rows, pixels, channels);
     }
 
     struct PackWords { uint64_t w[16]; };
@@ -501,7 +533,7 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 // One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1.
 template <int NP>
 void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
-                float* out_image, const float* residual_image) {
+                float* out_image, const Residuals& residual_image) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
     // pixel so the loop never changes shape.
     int64_t offsets[NP];
@@ -530,10 +562,10 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
                                   a.bias + m0 + v * Isa::kLanes);
         // ... then stored: for NCHW (pixel stride 1) each channel's pixels are one contiguous run;
         // BinaryLinear's [rows][M] output (channel stride 1) is stored one float at a time.
-        // The residual (v2), laid out like the output, is added as the tile is stored.
+        // The residuals (v2, v3), laid out like the output, are added as the tile is stored.
         const int64_t vector_offset = v * Isa::kLanes * a.output_channel_stride;
         float* out_v = out + vector_offset;
-        const float* residual_v = residual_image == nullptr ? nullptr : residual_image + tile_offset + vector_offset;
+        const Residuals residual_v = residuals_at(residual_image, tile_offset + vector_offset);
         if (a.output_pixel_stride == 1)
             Isa::store_columns(out_v, residual_v, a.output_channel_stride, rows, pixels, channels);
         else
@@ -547,7 +579,7 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
     const uint64_t* weights = a.packed_weights + channel_block * a.reduction_words * kBlockChannels;
     const int64_t m0 = channel_block * kBlockChannels;
     float* out_image = a.output + image * a.output_image_stride;
-    const float* residual_image = a.residual == nullptr ? nullptr : a.residual + image * a.output_image_stride;
+    const Residuals residual_image = residuals_at(a.residuals, image * a.output_image_stride);
     for (int64_t b = block_begin; b < block_end; ++b) {
         const bool full = b < a.full_blocks;
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);

@@ -25,6 +25,15 @@ struct PackArgs {
     const float* threshold;  // [C]: channel c's bit is sign(x - threshold[c]) (BinaryConv2d v2); nullptr = 0
 };
 
+// What the epilogue adds to the result, in this order: Y = ((multiplier * D + bias) + f0(R0)) + f1(R1)
+// with Rk = tensor[k] laid out like the output (nullptr: not added) and fk(r) = (r < 0 ? 0 : r)
+// where relu[k] (a ReLU that keeps NaN), else r. BinaryConv2d / BinaryLinear v2 have R0 only,
+// v3 adds R1 and the ReLUs (attribute residual_relu).
+struct Residuals {
+    const float* tensor[2];
+    bool relu[2];
+};
+
 // One binary convolution over packed activations. Output channels are processed in blocks of
 // IsaKernels::channels_per_block (MB); the weights are stored [M_padded / MB][K][MB] so that the
 // MB words of one reduction step k are contiguous (one vector load per lane group).
@@ -48,7 +57,7 @@ struct ConvArgs {
     const float* bias;              // [M_padded] (zero beyond M)
     float* output;
     int64_t output_image_stride, output_channel_stride, output_pixel_stride;  // in floats
-    const float* residual;          // added to the output, laid out like it (v2); nullptr = none
+    Residuals residuals;            // added to the output (v2, v3)
 };
 
 struct IsaKernels {

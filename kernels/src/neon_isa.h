@@ -40,9 +40,9 @@ struct Isa {
         return vld1_f32(multiplier) * vcvt_f32_s32(d) + vld1_f32(bias);
     }
     template <int NP>
-    static void store_columns(float* out, const float* residual, int64_t channel_stride, const Floats (&rows)[NP],
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
                               int pixels, int channels) {
-        store_tile_one_by_one<kLanes>(out, residual, channel_stride, 1, rows, pixels, channels);
+        store_tile_one_by_one<kLanes>(out, residuals, channel_stride, 1, rows, pixels, channels);
     }
 
     // Packing: 16 pixels' words in eight q-registers. A channel sets its bit where !(x - threshold >= 0)

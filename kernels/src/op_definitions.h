@@ -8,7 +8,7 @@
 namespace binarize {
 
 constexpr const char* kDomain = "binarize";
-constexpr int kOpsetVersion = 2;
+constexpr int kOpsetVersion = 3;
 constexpr int64_t kMaxSpatial = 65535;
 constexpr int64_t kMaxReduction = 2147483647LL;
 constexpr int64_t kMaxPaddedImageWords = 268435456LL;
@@ -65,6 +65,29 @@ constexpr int kBinaryLinearV2Inputs = 6;
 constexpr int kBinaryLinearV2RequiredInputs = 4;  // the others are optional
 constexpr AttributeDefinition kBinaryLinearV2Attributes[] = {
     {"in_features", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's last dimension"},
+};
+
+// BinaryConv2d version 3
+constexpr int kBinaryConv2dV3Version = 3;
+constexpr int kBinaryConv2dV3Inputs = 7;
+constexpr int kBinaryConv2dV3RequiredInputs = 4;  // the others are optional
+constexpr AttributeDefinition kBinaryConv2dV3Attributes[] = {
+    {"kernel_shape", AttributeType::ints, true, 2, 1, 65535LL, {}, "positive"},
+    {"in_channels", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's dimension 1"},
+    {"strides", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"pads", AttributeType::ints, false, 4, 0, 65535LL, {0, 0, 0, 0}, "non-negative"},
+    {"dilations", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"group", AttributeType::int_, false, 1, 1, 1LL, {1}, "must be 1"},
+    {"residual_relu", AttributeType::ints, false, 2, 0, 1LL, {0, 0}, "0 or 1"},
+};
+
+// BinaryLinear version 3
+constexpr int kBinaryLinearV3Version = 3;
+constexpr int kBinaryLinearV3Inputs = 7;
+constexpr int kBinaryLinearV3RequiredInputs = 4;  // the others are optional
+constexpr AttributeDefinition kBinaryLinearV3Attributes[] = {
+    {"in_features", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's last dimension"},
+    {"residual_relu", AttributeType::ints, false, 2, 0, 1LL, {0, 0}, "0 or 1"},
 };
 
 }  // namespace binarize

@@ -66,15 +66,16 @@ struct BinaryConvKernelEntry : BinaryConvKernel {
 
 // One op object per operator, for every version of op_definitions.h: ONNX Runtime builds one
 // schema per custom-op name (the first object's) and resolves every node to it, so objects per
-// version could not be told apart. Version 2 only adds optional inputs, so one kernel runs both.
+// version could not be told apart. Versions 2 and 3 add only optional inputs and an attribute
+// whose default is version 1's behaviour, so one kernel runs all three.
 template <bool kLinear>
 struct BinaryOp : Ort::CustomOpBase<BinaryOp<kLinear>, BinaryConvKernelEntry, /*WithStatus=*/true> {
     static constexpr const char* kName = kLinear ? "BinaryLinear" : "BinaryConv2d";
-    static_assert(kOpsetVersion == 2, "the versions this library implements");
-    static constexpr int kInputs = kLinear ? kBinaryLinearV2Inputs : kBinaryConv2dV2Inputs;
-    static constexpr int kRequiredInputs = kLinear ? kBinaryLinearV2RequiredInputs : kBinaryConv2dV2RequiredInputs;
+    static_assert(kOpsetVersion == 3, "the versions this library implements");
+    static constexpr int kInputs = kLinear ? kBinaryLinearV3Inputs : kBinaryConv2dV3Inputs;
+    static constexpr int kRequiredInputs = kLinear ? kBinaryLinearV3RequiredInputs : kBinaryConv2dV3RequiredInputs;
     static_assert(kRequiredInputs == (kLinear ? kBinaryLinearV1Inputs : kBinaryConv2dV1Inputs),
-                  "version 2 adds only optional inputs to version 1's");
+                  "versions 2 and 3 add only optional inputs to version 1's");
 
     explicit BinaryOp(IsaChoice isa) : isa_(std::move(isa)) {
         this->start_ver_ = kLinear ? kBinaryLinearV1Version : kBinaryConv2dV1Version;

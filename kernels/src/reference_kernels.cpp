@@ -28,8 +28,13 @@ void reference_binary_conv(const ReferenceConvArgs& a) {
                     }
                     const int64_t out = n * a.output_image_stride + m * a.output_channel_stride +
                                         (oh * a.out_w + ow) * a.output_pixel_stride;
-                    const float y = a.multiplier[m] * static_cast<float>(d) + a.bias[m];
-                    a.output[out] = a.residual == nullptr ? y : y + a.residual[out];
+                    float y = a.multiplier[m] * static_cast<float>(d) + a.bias[m];
+                    for (int k = 0; k < 2; ++k) {
+                        if (a.residuals.tensor[k] == nullptr) continue;
+                        const float r = a.residuals.tensor[k][out];
+                        y += a.residuals.relu[k] && r < 0.0f ? 0.0f : r;
+                    }
+                    a.output[out] = y;
                 }
             }
         }

@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "kernel_api.h"
+
 namespace binarize {
 
 struct ReferenceConvArgs {
@@ -20,7 +22,7 @@ struct ReferenceConvArgs {
     float* output;  // output[n*output_image_stride + m*output_channel_stride + (oh*out_w + ow)*output_pixel_stride]
     int64_t output_image_stride, output_channel_stride, output_pixel_stride;
     const float* threshold;  // [C] or nullptr (version 2): the sign of x - threshold[c]
-    const float* residual;   // laid out like output, or nullptr (version 2): added to the result
+    Residuals residuals;     // added to the result (versions 2 and 3, kernel_api.h)
 };
 
 void reference_binary_conv(const ReferenceConvArgs& args);

@@ -252,8 +252,7 @@ def _relu_input(node: fx.Node, gm: fx.GraphModule) -> Optional[fx.Node]:
         module = module_of(gm, node)
         is_relu = type(module) is nn.ReLU and not module.inplace and not node.kwargs
     elif node.op in ("call_function", "call_method"):
-        is_relu = node.target in (torch.relu, F.relu, "relu") and not node.kwargs.get("inplace", False) and \
-            len(node.args) == 1
+        is_relu = node.target in (torch.relu, F.relu, "relu") and not node.kwargs.get("inplace", False)
     else:
         is_relu = False
     return node.args[0] if is_relu and len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
@@ -280,14 +279,17 @@ def _fuse_residual_relus(gm: fx.GraphModule) -> None:
 
 
 def _set_op_version(gm: fx.GraphModule) -> None:
-    """The newest version any packed call needs (ops.py, ``_version``) on every packed layer, so a model
-    that uses none of version 2's or 3's inputs exports exactly as before they existed; an ONNX
-    model imports one version of the ``binarize`` domain."""
+    """The newest version any packed layer or call needs (``needed_version``) on every packed layer,
+    so a model that uses none of version 2's or 3's inputs exports exactly as before they existed;
+    an ONNX model imports one version of the ``binarize`` domain."""
     layers = [m for m in gm.modules() if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))]
-    calls = [n for n in gm.graph.nodes if n.op == "call_module" and module_of(gm, n) in layers]
-    version = 2 if any(m.threshold is not None for m in layers) or any("residual" in n.kwargs for n in calls) else 1
-    if any("residual2" in n.kwargs or any(n.kwargs.get("residual_relu", ())) for n in calls):
-        version = 3
+    needs = [layer.needed_version() for layer in layers]  # also the layers torch.fx did not trace into
+    for node in gm.graph.nodes:
+        layer = module_of(gm, node) if node.op == "call_module" else None
+        if isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear)):
+            needs.append(layer.needed_version("residual" in node.kwargs, "residual2" in node.kwargs,
+                                              node.kwargs.get("residual_relu", (0, 0))))
+    version = max(needs, default=1)
     for layer in layers:
         layer.op_version = version
 

@@ -247,12 +247,16 @@ class _PackedBinaryLayer(nn.Module):
 
     op_version: Optional[int] = None
 
+    def needed_version(self, residual: bool = False, residual2: bool = False,
+                       residual_relu: Sequence[int] = (0, 0)) -> int:
+        """The oldest operator version that runs this layer called with (or without) each residual."""
+        if residual2 or any(residual_relu):
+            return 3
+        return 2 if residual or self.threshold is not None else 1
+
     def _version(self, residual: Optional[torch.Tensor], residual2: Optional[torch.Tensor],
                  residual_relu: Sequence[int]) -> int:
-        if residual2 is not None or any(residual_relu):
-            needs = 3
-        else:
-            needs = 2 if residual is not None or self.threshold is not None else 1
+        needs = self.needed_version(residual is not None, residual2 is not None, residual_relu)
         if self.op_version is None:
             return needs
         if self.op_version < needs:

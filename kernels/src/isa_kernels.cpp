@@ -301,10 +301,27 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
         return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
     }
+    // The first n (1 .. 4) floats of a row, from and to memory, with plain moves: 8 bytes (movsd),
+    // 4 bytes (movss) or 16. vmaskmovps would do it in one instruction, but on AMD Zen 1 its
+    // store is microcoded and its load slow where the masked-off lane crosses into the next cache
+    // line: with them the fused residual Add cost more than ONNX Runtime's own Add pass
+    // (benchmarks/RESULTS.md, "AVX2 epilogue without masked moves").
+    static __m128 load_first(const float* p, int n) {
+        if (n == 4) return _mm_loadu_ps(p);
+        if (n == 1) return _mm_load_ss(p);
+        const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+        return n == 2 ? two : _mm_movelh_ps(two, _mm_load_ss(p + 2));
+    }
+    static void store_first(float* p, __m128 y, int n) {
+        if (n == 4) return _mm_storeu_ps(p, y);
+        if (n == 1) return _mm_store_ss(p, y);
+        _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(y));
+        if (n == 3) _mm_store_ss(p + 2, _mm_movehl_ps(y, y));
+    }
     // Transpose in registers: the (up to 3) pixel rows, padded to 4, become one xmm per channel
-    // holding its pixels, stored with one masked store; each residual is one masked load. Storing
-    // and adding one float at a time took more instructions (callgrind, ResNet-18) than ONNX
-    // Runtime's own Add and Relu passes that the fused residuals replace.
+    // holding its pixels, stored as one run; each residual is read as one run. Storing and adding
+    // one float at a time took more instructions (callgrind, ResNet-18) than ONNX Runtime's own
+    // Add and Relu passes that the fused residuals replace.
     template <int NP>
     static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
                               int pixels, int channels) {
@@ -312,18 +329,17 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         __m128 c0 = rows[0], c1 = rows[NP > 1 ? 1 : 0], c2 = rows[NP > 2 ? 2 : 0], c3 = rows[NP > 3 ? 3 : 0];
         _MM_TRANSPOSE4_PS(c0, c1, c2, c3);  // c_j: channel j's pixels 0-3 (lanes past `pixels` unused)
         const __m128 columns[4] = {c0, c1, c2, c3};
-        const __m128i lanes = _mm_cmpgt_epi32(_mm_set1_epi32(pixels), _mm_setr_epi32(0, 1, 2, 3));
         for (int j = 0; j < channels; ++j) {
             __m128 y = columns[j];
             for (int k = 0; k < 2; ++k) {
                 const float* residual = residuals.tensor[k];
                 if (residual == nullptr) continue;
-                __m128 r = _mm_maskload_ps(residual + j * channel_stride, lanes);
+                __m128 r = load_first(residual + j * channel_stride, pixels);
                 // max(0, r) returns r when r is NaN or -0 (its second operand): rectified()'s r < 0 ? 0 : r.
                 if (residuals.relu[k]) r = _mm_max_ps(_mm_setzero_ps(), r);
                 y = _mm_add_ps(y, r);
             }
-            _mm_maskstore_ps(out + j * channel_stride, lanes, y);
+            store_first(out + j * channel_stride, y, pixels);
         }
     }
 
@@ -333,10 +349,14 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
     static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
         const __m256i bits = _mm256_set1_epi64x(static_cast<long long>(bit));
         for (int half = 0; half < 2; ++half) {
-            // Lanes past `pixels` are not loaded (vmaskmovps does not fault there); whatever bits
-            // they get, pack_pixels stores only the first `pixels` words.
-            const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(pixels - 8 * half), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            const __m256 x = _mm256_sub_ps(_mm256_maskload_ps(x16 + 8 * half, valid), _mm256_set1_ps(threshold));
+            // A whole half is a plain load (vmaskmovps is slow on AMD Zen 1 even with every lane
+            // on); in a short last group, lanes past `pixels` are not loaded (vmaskmovps does not
+            // fault there) and whatever bits they get, pack_pixels stores only the first `pixels` words.
+            const int valid_pixels = pixels - 8 * half;
+            const __m256 loaded = valid_pixels >= 8
+                ? _mm256_loadu_ps(x16 + 8 * half)
+                : _mm256_maskload_ps(x16 + 8 * half, _mm256_cmpgt_epi32(_mm256_set1_epi32(valid_pixels), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
+            const __m256 x = _mm256_sub_ps(loaded, _mm256_set1_ps(threshold));
             const __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NGE_UQ));
             words.w[2 * half] = _mm256_or_si256(words.w[2 * half], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(negative))));
             words.w[2 * half + 1] = _mm256_or_si256(words.w[2 * half + 1], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(negative, 1))));

@@ -32,3 +32,24 @@ def test_sessions_on_a_shared_pool_time_every_candidate():
     assert len(times) == 3 and all(0 < t < 1e6 for t in times + [plain_again])
     if available_isas()[0] != "scalar":  # the same work as the fastest path, one word at a time
         assert times[1] > times[0]
+
+
+@pytest.mark.parametrize("kernel, residuals", [(3, 1), (1, 2)])
+def test_fusion_benchmark_compares_the_same_computation(kernel, residuals):
+    """bench_fusion times the op with its residual(s) inside against the version-1 op and ONNX Adds:
+    on every path both must compute the same sum (ONNX Runtime's own Add as the reference), or the
+    fused/unfused ratio compares different work. Mutations caught: the two models drawn with different
+    weights; a fused model built without its second residual."""
+    import bench_fusion
+    from binarize.runtime import session
+
+    rng = np.random.default_rng(0)
+    c, m, size = 70, 13, 7  # a partial channel word, a partial register block, 49 = 4 * 6 + 5 * 5 pixels
+    fused, unfused = (bench_fusion.layer_model(c, m, kernel, size, residuals, f) for f in (True, False))
+    feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
+    feed.update({name: rng.standard_normal((1, m, size, size)).astype(np.float32)
+                 for name in bench_fusion.RESIDUALS[:residuals]})
+    for isa in available_isas():
+        expected = session(unfused, isa=isa).run(None, feed)[0]
+        np.testing.assert_allclose(session(fused, isa=isa).run(None, feed)[0], expected, rtol=1e-6, atol=1e-5,
+                                   err_msg=isa)

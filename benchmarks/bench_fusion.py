@@ -1,0 +1,99 @@
+"""Does the fused residual pay, per layer shape? One BinaryConv2d with its residual(s) as op inputs
+(version 2 / 3: the Add in the op's epilogue) against the version-1 op followed by ONNX Adds, on
+the layer shapes of ResNet-18 (3x3, one residual) and ResNet-50's bottlenecks (1x1, one residual,
+or two: the block's shortcut and the double skip), 1 thread, sessions interleaved.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py [--runs 200] [--isa avx2]
+    OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py --library /tmp/old/libbinarize_ort.so
+
+``--library`` also times the fused model on another build of the op library (e.g. the one before a
+kernel change), side by side in the same rounds, and checks that both give the same output bits.
+Whole models: ``bench_models.py --unfused``. Instruction counts: ``callgrind_kernels.py``.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from bench_kernels import finish, median_us  # benchmarks/ is on sys.path when this script runs
+from binarize import packing, runtime
+from binarize.kernels import available_isas
+
+# (input channels, output channels, kernel, spatial size, residuals)
+LAYERS = [(64, 64, 3, 56, 1), (128, 128, 3, 28, 1), (256, 256, 3, 14, 1), (512, 512, 3, 7, 1),
+          (64, 256, 1, 56, 2), (256, 64, 1, 56, 1), (128, 512, 1, 28, 2), (512, 128, 1, 28, 1)]
+RESIDUALS = ("R1", "R2")
+
+
+def layer_model(c, m, kernel, size, residuals, fused, seed=0) -> bytes:
+    """``c`` -> ``m`` channels, stride 1, "same" padding, plus ``residuals`` residual inputs: in the
+    op (``fused``; version 2 for one, 3 for two) or as ONNX Adds after a version-1 op. The weights
+    depend on ``seed`` only, so the fused and unfused models of a seed compute the same sum."""
+    rng = np.random.default_rng(seed)
+    signs = np.where(rng.random((m, c, kernel, kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
+    inits = [numpy_helper.from_array(packing.pack_weight(signs), "W"),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, m).astype(np.float32), "multiplier"),
+             numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "bias")]
+    names = RESIDUALS[:residuals]
+    inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size])] + [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, m, size, size]) for name in names]
+    outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, m, size, size])]
+    attributes = dict(kernel_shape=[kernel, kernel], in_channels=c, pads=[kernel // 2] * 4)
+    operands = ["X", "W", "multiplier", "bias"]
+    if fused:
+        nodes = [helper.make_node("BinaryConv2d", operands + ["", *names], ["Y"], domain="binarize", **attributes)]
+    else:
+        sums = [f"sum{i}" for i in range(residuals)] + ["Y"]
+        nodes = [helper.make_node("BinaryConv2d", operands, [sums[0]], domain="binarize", **attributes)]
+        nodes += [helper.make_node("Add", [sums[i], name], [sums[i + 1]]) for i, name in enumerate(names)]
+    model = finish(helper.make_graph(nodes, "layer", inputs, outputs, initializer=inits))
+    model.opset_import[1].version = 1 + residuals if fused else 1
+    return model.SerializeToString()
+
+
+def other_library_session(model: bytes, library: str, isa: str | None) -> ort.InferenceSession:
+    """A 1-thread session on another build of the op library (binarize.runtime.session always
+    registers the package's own)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    if isa is not None:
+        options.add_session_config_entry(runtime.ISA_CONFIG_KEY, isa)
+    options.register_custom_ops_library(library)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--isa", choices=available_isas(), help="kernel path (default: the fastest this CPU runs)")
+    parser.add_argument("--library", help="another build of libbinarize_ort.so to time the fused model on")
+    args = parser.parse_args()
+    isa = args.isa or available_isas()[0]
+    print(f"{isa} path, 1 thread, medians of {args.runs} runs in {args.rounds} rounds (us)")
+    header = f"{'layer':<24}{'fused':>10}{'op + Add':>10}{'fused/unfused':>15}"
+    print(header + (f"{'other build':>13}{'this/other':>12}" if args.library else ""))
+    rng = np.random.default_rng(0)
+    for c, m, kernel, size, residuals in LAYERS:
+        feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
+        feed.update({name: rng.standard_normal((1, m, size, size)).astype(np.float32) for name in RESIDUALS[:residuals]})
+        fused, unfused = (layer_model(c, m, kernel, size, residuals, f) for f in (True, False))
+        sessions = [runtime.session(fused, threads=1, isa=isa), runtime.session(unfused, threads=1, isa=isa)]
+        if args.library:
+            sessions.append(other_library_session(fused, args.library, isa))
+            this, other = sessions[0].run(None, feed)[0], sessions[2].run(None, feed)[0]
+            if not np.array_equal(this.view(np.uint32), other.view(np.uint32)):
+                raise SystemExit(f"{c}->{m} {kernel}x{kernel}@{size}: the two builds give different outputs")
+        times = median_us(sessions, feed, args.runs, args.rounds)
+        name = f"{kernel}x{kernel} {c}->{m}@{size} +{residuals}R"
+        row = f"{name:<24}{times[0]:>10.1f}{times[1]:>10.1f}{times[0] / times[1]:>15.3f}"
+        if args.library:
+            row += f"{times[2]:>13.1f}{times[0] / times[2]:>12.3f}"
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -286,9 +286,15 @@ struct Avx2Words {
 };
 
 struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
-    // 2 vectors x 4 lanes = 8 channels, times 3 pixels = 6 byte accumulators; with weights,
-    // broadcast, table, mask and temporaries this fills the 16 ymm registers.
-    static constexpr int kLanes = 4, kVectors = 2, kPixels = 3;
+    // 2 vectors x 4 lanes = 8 channels, times 4 pixels = 8 byte accumulators; with weights,
+    // broadcast, table, mask and temporaries that is more than the 16 ymm registers, and GCC 12
+    // keeps 3 accumulators on the stack (a store and a load each per step). 4 pixels still won
+    // over 3 on AMD Zen 1, where the loop is bound by its vector operations, not by loads and
+    // stores: equal on loop-bound layers, 4-17 % faster where the epilogue weighs (each channel's
+    // 4 pixels are one 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose), and
+    // 5-10 % fewer instructions (callgrind, 3x3 256@14 and 64@56) (benchmarks/RESULTS.md,
+    // "AVX2 register block of 4 pixels").
+    static constexpr int kLanes = 4, kVectors = 2, kPixels = 4;
     using Vec = __m256i;
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
@@ -318,7 +324,7 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
         _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(y));
         if (n == 3) _mm_store_ss(p + 2, _mm_movehl_ps(y, y));
     }
-    // Transpose in registers: the (up to 3) pixel rows, padded to 4, become one xmm per channel
+    // Transpose in registers: the (up to 4) pixel rows, padded to 4, become one xmm per channel
     // holding its pixels, stored as one run; each residual is read as one run. Storing and adding
     // one float at a time took more instructions (callgrind, ResNet-18) than ONNX Runtime's own
     // Add and Relu passes that the fused residuals replace.

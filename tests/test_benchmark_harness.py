@@ -44,7 +44,7 @@ def test_fusion_benchmark_compares_the_same_computation(kernel, residuals):
     from binarize.runtime import session
 
     rng = np.random.default_rng(0)
-    c, m, size = 70, 13, 7  # a partial channel word, a partial register block, 49 = 4 * 6 + 5 * 5 pixels
+    c, m, size = 70, 13, 7  # a partial channel word, a partial channel block, 49 pixels: blocks of P and P - 1
     fused, unfused = (bench_fusion.layer_model(c, m, kernel, size, residuals, f) for f in (True, False))
     feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
     feed.update({name: rng.standard_normal((1, m, size, size)).astype(np.float32)

@@ -6,19 +6,27 @@ or two: the block's shortcut and the double skip), 1 thread, sessions interleave
     OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py [--runs 200] [--isa avx2]
     OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py --library /tmp/old/libbinarize_ort.so
 
-``--library`` also times the fused model on another build of the op library (e.g. the one before a
-kernel change), side by side in the same rounds, and checks that both give the same output bits.
-Whole models: ``bench_models.py --unfused``. Instruction counts: ``callgrind_kernels.py``.
+``--models`` does the same for whole torchvision models (the default ``convert``, biper stage 2,
+exported with and without ``fuse_residual_adds``; random weights). ``--library`` also times the
+fused model (and, for ``--models``, the unfused one) on another build of the op library (e.g. the
+one before a kernel change), side by side in the same rounds, and checks that both builds give the
+same output bits. Against float and int8: ``bench_models.py --unfused``. Instruction counts:
+``callgrind_kernels.py``.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fusion.py --models resnet18 resnet50 --library OLD.so
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from bench_kernels import finish, median_us  # benchmarks/ is on sys.path when this script runs
+from bench_models import INPUT_SHAPE, build_models
 from binarize import packing, runtime
 from binarize.kernels import available_isas
 
@@ -54,7 +62,7 @@ def layer_model(c, m, kernel, size, residuals, fused, seed=0) -> bytes:
     return model.SerializeToString()
 
 
-def other_library_session(model: bytes, library: str, isa: str | None) -> ort.InferenceSession:
+def other_library_session(model, library: str, isa: str | None) -> ort.InferenceSession:
     """A 1-thread session on another build of the op library (binarize.runtime.session always
     registers the package's own)."""
     options = ort.SessionOptions()
@@ -62,7 +70,29 @@ def other_library_session(model: bytes, library: str, isa: str | None) -> ort.In
     if isa is not None:
         options.add_session_config_entry(runtime.ISA_CONFIG_KEY, isa)
     options.register_custom_ops_library(library)
+    model = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def same_bits(first: ort.InferenceSession, second: ort.InferenceSession, feed: dict) -> bool:
+    return np.array_equal(first.run(None, feed)[0].view(np.uint32), second.run(None, feed)[0].view(np.uint32))
+
+
+def time_row(name: str, models: list, feed: dict, args, isa: str) -> str:
+    """One printed row. ``models`` = [fused, unfused] (bytes or paths): this build's two sessions,
+    then with ``--library`` the other build's sessions of the first ``args.other_models``."""
+    sessions = [runtime.session(model, threads=1, isa=isa) for model in models]
+    if args.library:
+        others = [other_library_session(model, args.library, isa) for model in models[:args.other_models]]
+        for this, other in zip(sessions, others):
+            if not same_bits(this, other, feed):
+                raise SystemExit(f"{name}: the two builds give different outputs")
+        sessions += others
+    times = median_us(sessions, feed, args.runs, args.rounds)
+    row = f"{name:<24}{times[0]:>10.1f}{times[1]:>10.1f}{times[0] / times[1]:>15.3f}"
+    for this, other in zip(times, times[2:]):
+        row += f"{other:>13.1f}{this / other:>12.3f}"
+    return row
 
 
 def main():
@@ -70,29 +100,31 @@ def main():
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--isa", choices=available_isas(), help="kernel path (default: the fastest this CPU runs)")
-    parser.add_argument("--library", help="another build of libbinarize_ort.so to time the fused model on")
+    parser.add_argument("--library", help="another build of libbinarize_ort.so to time the same models on")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="whole torchvision models (224x224, batch 1) instead of the layer shapes")
     args = parser.parse_args()
     isa = args.isa or available_isas()[0]
+    args.other_models = 2 if args.models else 1  # layers: the other build's fused op only
     print(f"{isa} path, 1 thread, medians of {args.runs} runs in {args.rounds} rounds (us)")
-    header = f"{'layer':<24}{'fused':>10}{'op + Add':>10}{'fused/unfused':>15}"
-    print(header + (f"{'other build':>13}{'this/other':>12}" if args.library else ""))
+    other = {1: f"{'other fused':>13}{'this/other':>12}",
+             2: f"{'other fused':>13}{'this/other':>12}{'other unfus.':>13}{'this/other':>12}"}
+    print(f"{'model' if args.models else 'layer':<24}{'fused':>10}{'unfused' if args.models else 'op + Add':>10}"
+          f"{'fused/unfused':>15}" + (other[args.other_models] if args.library else ""))
     rng = np.random.default_rng(0)
+    if args.models:
+        for name in args.models:
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = build_models(Path(tmp), 1, name, "biper", {}, False, unfused=True)
+                feed = {runtime.session(paths["binary"]).get_inputs()[0].name:
+                        rng.standard_normal(INPUT_SHAPE).astype(np.float32)}
+                print(time_row(name, [paths["binary"], paths["unfused"]], feed, args, isa), flush=True)
+        return
     for c, m, kernel, size, residuals in LAYERS:
         feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
         feed.update({name: rng.standard_normal((1, m, size, size)).astype(np.float32) for name in RESIDUALS[:residuals]})
-        fused, unfused = (layer_model(c, m, kernel, size, residuals, f) for f in (True, False))
-        sessions = [runtime.session(fused, threads=1, isa=isa), runtime.session(unfused, threads=1, isa=isa)]
-        if args.library:
-            sessions.append(other_library_session(fused, args.library, isa))
-            this, other = sessions[0].run(None, feed)[0], sessions[2].run(None, feed)[0]
-            if not np.array_equal(this.view(np.uint32), other.view(np.uint32)):
-                raise SystemExit(f"{c}->{m} {kernel}x{kernel}@{size}: the two builds give different outputs")
-        times = median_us(sessions, feed, args.runs, args.rounds)
-        name = f"{kernel}x{kernel} {c}->{m}@{size} +{residuals}R"
-        row = f"{name:<24}{times[0]:>10.1f}{times[1]:>10.1f}{times[0] / times[1]:>15.3f}"
-        if args.library:
-            row += f"{times[2]:>13.1f}{times[0] / times[2]:>12.3f}"
-        print(row, flush=True)
+        models = [layer_model(c, m, kernel, size, residuals, fused) for fused in (True, False)]
+        print(time_row(f"{kernel}x{kernel} {c}->{m}@{size} +{residuals}R", models, feed, args, isa), flush=True)
 
 
 if __name__ == "__main__":

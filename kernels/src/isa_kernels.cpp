@@ -309,8 +309,8 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
     }
     // The first n (1 .. 4) floats of a row, from and to memory, with plain moves: 8 bytes (movsd),
     // 4 bytes (movss) or 16. vmaskmovps would do it in one instruction, but on AMD Zen 1 its
-    // store is microcoded and its load slow where the masked-off lane crosses into the next cache
-    // line: with them the fused residual Add cost more than ONNX Runtime's own Add pass
+    // store is microcoded and its load several times slower than a plain one: with them the
+    // fused residual Add cost more than ONNX Runtime's own Add pass
     // (benchmarks/RESULTS.md, "AVX2 epilogue without masked moves").
     static __m128 load_first(const float* p, int n) {
         if (n == 4) return _mm_loadu_ps(p);

@@ -78,12 +78,12 @@ def same_bits(first: ort.InferenceSession, second: ort.InferenceSession, feed: d
     return np.array_equal(first.run(None, feed)[0].view(np.uint32), second.run(None, feed)[0].view(np.uint32))
 
 
-def time_row(name: str, models: list, feed: dict, args, isa: str) -> str:
+def time_row(name: str, models: list, feed: dict, args, isa: str, compared: int) -> str:
     """One printed row. ``models`` = [fused, unfused] (bytes or paths): this build's two sessions,
-    then with ``--library`` the other build's sessions of the first ``args.other_models``."""
+    then with ``--library`` the other build's sessions of the first ``compared`` models."""
     sessions = [runtime.session(model, threads=1, isa=isa) for model in models]
     if args.library:
-        others = [other_library_session(model, args.library, isa) for model in models[:args.other_models]]
+        others = [other_library_session(model, args.library, isa) for model in models[:compared]]
         for this, other in zip(sessions, others):
             if not same_bits(this, other, feed):
                 raise SystemExit(f"{name}: the two builds give different outputs")
@@ -105,12 +105,11 @@ def main():
                         help="whole torchvision models (224x224, batch 1) instead of the layer shapes")
     args = parser.parse_args()
     isa = args.isa or available_isas()[0]
-    args.other_models = 2 if args.models else 1  # layers: the other build's fused op only
+    compared = 2 if args.models else 1  # layers: the other build's fused op only
     print(f"{isa} path, 1 thread, medians of {args.runs} runs in {args.rounds} rounds (us)")
-    other = {1: f"{'other fused':>13}{'this/other':>12}",
-             2: f"{'other fused':>13}{'this/other':>12}{'other unfus.':>13}{'this/other':>12}"}
+    other = "".join(f"{'other ' + label:>13}{'this/other':>12}" for label in ("fused", "unfus.")[:compared])
     print(f"{'model' if args.models else 'layer':<24}{'fused':>10}{'unfused' if args.models else 'op + Add':>10}"
-          f"{'fused/unfused':>15}" + (other[args.other_models] if args.library else ""))
+          f"{'fused/unfused':>15}" + (other if args.library else ""))
     rng = np.random.default_rng(0)
     if args.models:
         for name in args.models:
@@ -118,13 +117,13 @@ def main():
                 paths = build_models(Path(tmp), 1, name, "biper", {}, False, unfused=True)
                 feed = {runtime.session(paths["binary"]).get_inputs()[0].name:
                         rng.standard_normal(INPUT_SHAPE).astype(np.float32)}
-                print(time_row(name, [paths["binary"], paths["unfused"]], feed, args, isa), flush=True)
+                print(time_row(name, [paths["binary"], paths["unfused"]], feed, args, isa, compared), flush=True)
         return
     for c, m, kernel, size, residuals in LAYERS:
         feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
         feed.update({name: rng.standard_normal((1, m, size, size)).astype(np.float32) for name in RESIDUALS[:residuals]})
         models = [layer_model(c, m, kernel, size, residuals, fused) for fused in (True, False)]
-        print(time_row(f"{kernel}x{kernel} {c}->{m}@{size} +{residuals}R", models, feed, args, isa), flush=True)
+        print(time_row(f"{kernel}x{kernel} {c}->{m}@{size} +{residuals}R", models, feed, args, isa, compared), flush=True)
 
 
 if __name__ == "__main__":

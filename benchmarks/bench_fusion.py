@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from bench_kernels import finish, median_us  # benchmarks/ is on sys.path when this script runs
+from bench_kernels import binary_initializers, finish, median_us  # benchmarks/ is on sys.path when this script runs
 from bench_models import INPUT_SHAPE, build_models
-from binarize import packing, runtime
+from binarize import runtime
 from binarize.kernels import available_isas
 
 # (input channels, output channels, kernel, spatial size, residuals)
@@ -40,11 +40,7 @@ def layer_model(c, m, kernel, size, residuals, fused, seed=0) -> bytes:
     """``c`` -> ``m`` channels, stride 1, "same" padding, plus ``residuals`` residual inputs: in the
     op (``fused``; version 2 for one, 3 for two) or as ONNX Adds after a version-1 op. The weights
     depend on ``seed`` only, so the fused and unfused models of a seed compute the same sum."""
-    rng = np.random.default_rng(seed)
-    signs = np.where(rng.random((m, c, kernel, kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
-    inits = [numpy_helper.from_array(packing.pack_weight(signs), "W"),
-             numpy_helper.from_array(rng.uniform(0.5, 1.5, m).astype(np.float32), "multiplier"),
-             numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), "bias")]
+    inits = binary_initializers(c, m, kernel, np.random.default_rng(seed))
     names = RESIDUALS[:residuals]
     inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, c, size, size])] + [
         helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, m, size, size]) for name in names]

@@ -63,15 +63,20 @@ def io(c, size, out=None):
             [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, out or c, size, size])])
 
 
+def binary_initializers(c, out, kernel, rng) -> list:
+    """Random packed signs "W" ([out, c, kernel, kernel]), "multiplier" and "bias" of a BinaryConv2d."""
+    signs = np.where(rng.random((out, c, kernel, kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
+    return [numpy_helper.from_array(packing.pack_weight(signs), "W"),
+            numpy_helper.from_array(rng.uniform(0.5, 1.5, out).astype(np.float32), "multiplier"),
+            numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "bias")]
+
+
 def binary_model(c, size, rng, kernel=3, out=None) -> bytes:
     """A ``kernel`` x ``kernel`` BinaryConv2d, stride 1, "same" padding, ``c`` -> ``out`` (default ``c``) channels."""
     out, pad = out or c, kernel // 2
-    signs = np.where(rng.random((out, c, kernel, kernel)) < 0.5, -1.0, 1.0).astype(np.float32)
     node = helper.make_node("BinaryConv2d", ["X", "W", "multiplier", "bias"], ["Y"], domain="binarize",
                             kernel_shape=[kernel, kernel], in_channels=c, pads=[pad] * 4)
-    inits = [numpy_helper.from_array(packing.pack_weight(signs), "W"),
-             numpy_helper.from_array(rng.uniform(0.5, 1.5, out).astype(np.float32), "multiplier"),
-             numpy_helper.from_array(rng.standard_normal(out).astype(np.float32), "bias")]
+    inits = binary_initializers(c, out, kernel, rng)
     return finish(helper.make_graph([node], "binary", *io(c, size, out), initializer=inits)).SerializeToString()
 
 

@@ -104,9 +104,9 @@ def quantization_report(model: nn.Module) -> QEReport:
     rows = []
     for name, m in model.named_modules():
         if isinstance(m, BiPerWeights):
-            b = float(laplace_fit(m.weight))
+            b = float(laplace_fit(m.latent_weight))
             omega = float(m.omega)
-            w_hat = torch.sin(m.omega * m.weight.detach())
+            w_hat = torch.sin(m.omega * m.latent_weight.detach())
             gamma = w_hat.abs().flatten(1).mean(1).view(-1, *([1] * (w_hat.dim() - 1)))
             measured = float(((w_hat - gamma * torch.where(w_hat >= 0, 1.0, -1.0)) ** 2).mean())
             rows.append(LayerQE(name, b, omega, float(quantization_error(b, omega)),

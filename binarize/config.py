@@ -152,6 +152,15 @@ class ConvertConfig(VersionedConfig):
       Off by default: over 2 seeds it changed accuracy by +0.1 +- 0.4 pp (the evidence report's
       "xnor -RPReLU" row), while it costs elementwise float work at inference, keeps the double
       skip's Add out of the binary op, and its backward pass took 10-11 % of a ResNet-8 step.
+    - ``latent_gain``: each binary layer stores its latent weight divided by this and multiplies it
+      back in the forward pass, passing the gradient through unscaled (:attr:`BinaryLayer.latent_weight
+      <binarize.layers.BinaryLayer.latent_weight>`): whatever first-order optimizer trains the model
+      (Adam, SGD) then moves latent weights ``latent_gain`` times as far per step as it moves float
+      weights, which a binary network needs to re-learn its signs in a few epochs. Default 8 (a
+      power of two: the stored weights times 8 are the float weights bit for bit); 1 turns it off.
+      In a user's own Adam loop it lowered test error by about 5 pp (benchmarks/RESULTS.md, "Latent
+      gain"). :func:`binarize.finetune` divides the latent weights' learning rate by it (and
+      multiplies their weight decay by it), so its recipes train exactly as with ``latent_gain=1``.
     - ``leaf_modules``: module names or types that torch.fx must not trace into (for parts of
       a model that are not traceable). Convolutions inside a leaf stay in float.
     """
@@ -169,18 +178,20 @@ class ConvertConfig(VersionedConfig):
     activation: str = "hardtanh"
     input_threshold: bool = True
     rprelu: bool = False
+    latent_gain: float = 8.0
     leaf_modules: Sequence[Union[str, type]] = field(default=(), metadata={"types": True})
     # Estimator names from binarize.quantizers.ESTIMATORS; each method sets its paper's choice.
     activation_estimator: str = "ste"
     weight_estimator: str = "ste"
 
     method = "base"  # class attribute, set by each method's config
-    # 2: shortcut and keep_costly_float; 3: input_threshold (on by default) and rprelu; 4: cost_model.
-    # Older plain data rebuilds the model it described.
-    version = 4
+    # 2: shortcut and keep_costly_float; 3: input_threshold (on by default) and rprelu; 4: cost_model;
+    # 5: latent_gain. Older plain data rebuilds the model it described.
+    version = 5
     upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False),
                 2: lambda fields: {"input_threshold": False, "rprelu": False, **fields},
-                3: lambda fields: {"cost_model": "shortcut", **fields}}
+                3: lambda fields: {"cost_model": "shortcut", **fields},
+                4: lambda fields: {"latent_gain": 1.0, **fields}}
 
     def __post_init__(self):
         from .quantizers import ESTIMATORS
@@ -191,6 +202,9 @@ class ConvertConfig(VersionedConfig):
             raise ValueError(f"shortcut={self.shortcut!r}: expected one of {SHORTCUTS}")
         if self.cost_model not in COST_MODELS:
             raise ValueError(f"cost_model={self.cost_model!r}: expected one of {COST_MODELS}")
+        if not (isinstance(self.latent_gain, (int, float)) and not isinstance(self.latent_gain, bool)
+                and 0 < self.latent_gain < float("inf")):
+            raise ValueError(f"latent_gain={self.latent_gain!r}: expected a positive finite number (1 turns it off)")
         for name in ("activation_estimator", "weight_estimator"):
             value = getattr(self, name)
             if value not in ESTIMATORS:

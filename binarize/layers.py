@@ -1,7 +1,8 @@
 """Binary layers: the shared skeleton that every method fills in.
 
 A binary layer keeps the float *latent* weight (initialised from the pretrained layer) as
-``weight``, takes a float input, binarizes it inside with the method's activation estimator
+:attr:`BinaryLayer.latent_weight`, stored in the parameter ``weight`` divided by
+``config.latent_gain`` (the gain speeds up any optimizer on the latent weights, see there), takes a float input, binarizes it inside with the method's activation estimator
 (sign(0) = +1, see :mod:`binarize.quantizers`) and convolves it with the method's binarized,
 scaled weight. Padding is applied by ``F.conv2d`` *after* the input is binarized, so padded
 taps are 0 and contribute nothing to the dot product; the exported kernel reproduces exactly
@@ -41,6 +42,18 @@ def mean_abs_per_channel(w: torch.Tensor) -> torch.Tensor:
     return w.abs().flatten(1).mean(1)
 
 
+class _StraightThroughGain(torch.autograd.Function):
+    """``gain * stored`` forward; backward passes the gradient to ``stored`` unscaled."""
+
+    @staticmethod
+    def forward(ctx, stored: torch.Tensor, gain: float) -> torch.Tensor:
+        return stored * gain
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
 class BinaryLayer:
     """Behaviour shared by :class:`BinaryConv2d` and :class:`BinaryLinear`."""
 
@@ -61,6 +74,21 @@ class BinaryLayer:
     #: sets it again, also on resume). The weight estimator is then the identity, so every method's
     #: scaling (and CBCN's circulant copies) applies unchanged to the real weights.
     real_weights: bool = False
+
+    @property
+    def latent_gain(self) -> float:
+        return float(self.config.latent_gain)
+
+    @property
+    def latent_weight(self) -> torch.Tensor:
+        """The latent weight every method binarizes: ``latent_gain * weight``, differentiable to the
+        parameter ``weight`` with the gradient passed through unscaled. An optimizer's step on
+        ``weight`` is then a step ``latent_gain`` times larger on the latent weight, for SGD
+        (``lr * grad``) and Adam (whose step does not depend on the gradient's scale) alike, while
+        float layers keep their steps: a binary network re-learns its signs in a few epochs of a
+        user's own loop. ``weight.grad`` is the gradient with respect to the latent weight."""
+        gain = self.latent_gain
+        return self.weight if gain == 1.0 else _StraightThroughGain.apply(self.weight, gain)
 
     def _init_method_state(self) -> None:  # pragma: no cover - every method overrides
         raise NotImplementedError
@@ -103,7 +131,7 @@ class BinaryLayer:
 
     def _copy_from(self, layer: nn.Module) -> None:
         with torch.no_grad():
-            self.weight.copy_(layer.weight)
+            self.weight.copy_(layer.weight / self.latent_gain)
             if layer.bias is not None:
                 self.bias.copy_(layer.bias)
 

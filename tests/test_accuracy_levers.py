@@ -265,7 +265,7 @@ def test_finetune_config_version_2_data_keeps_its_recipe():
 def test_convert_config_version_2_data_builds_no_thresholds_or_rprelu():
     config = binarize.methods.get_method("bireal").config()
     data = ckpt.config_to_data(config)
-    assert data["options"]["version"] == 4
+    assert data["options"]["version"] == 5
     version_2 = {k: v for k, v in data["options"].items() if k not in ("input_threshold", "rprelu")}
     rebuilt = ckpt.config_from_data({"method": "bireal", "options": dict(version_2, version=2)})
     assert (rebuilt.input_threshold, rebuilt.rprelu) == (False, False)
@@ -301,3 +301,85 @@ def test_zero_thresholds_export_no_sub(tmp_path):
     plain = binarize.convert(resnet_small(blocks=(1, 1, 1)), "xnor", rprelu=False, input_threshold=False).eval()
     assert ops == [n.op_type for n in onnx.load(str(binarize.export(plain, tmp_path / "p.onnx",
                                                                      torch.randn(2, 1, 28, 28)))).graph.node]
+
+
+# ------------------------------------------------------------------------------------ latent gain
+
+def _gain_pair(method, **overrides):
+    """The same float LeNet converted with the default latent_gain (8) and with latent_gain=1."""
+    torch.manual_seed(0)
+    model = lenet()
+    return binarize.convert(model, method, **overrides), binarize.convert(model, method, latent_gain=1.0, **overrides)
+
+
+@pytest.mark.parametrize("method", ["xnor", "bireal", "biper", "cbcn", "rbcn"])
+def test_latent_gain_stores_weights_divided_and_computes_the_same_model(method):
+    """The stored weight is the float one over 8 (a power of two: times 8 it is the float weight bit for
+    bit), so the converted model computes what latent_gain=1 computes, and exports the same signs and
+    multipliers."""
+    gained, plain = _gain_pair(method)
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(gained.eval()(x), plain.eval()(x))
+    if method == "biper":  # converted in stage 1 (real-valued sin(omega w)); stage 2 re-fits the scales
+        for model in (gained, plain):
+            binarize.set_stage(model, 2)
+        with torch.no_grad():
+            assert torch.equal(gained(x), plain(x))
+    for (_, g), (_, p) in zip(binarize.binary_layers(gained), binarize.binary_layers(plain)):
+        assert torch.equal(g.weight * 8, p.weight) and torch.equal(g.latent_weight, p.latent_weight)
+        for a, b in zip(g.export_weight(), p.export_weight()):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", [lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                                       lambda ps: torch.optim.Adam(ps, lr=1e-3)], ids=["sgd", "adam"])
+def test_a_users_optimizer_moves_latent_weights_gain_times_further_and_float_weights_alike(optimizer):
+    """The gain's gradient passes through unscaled: ``weight.grad`` is dL/d(latent weight), and one
+    step of SGD or Adam changes the latent weight 8 times as much as with latent_gain=1, while the
+    float layers take the same step. Mutation caught: the backward scaling the gradient by the gain
+    (SGD's step is then 64x)."""
+    gained, plain = _gain_pair("xnor")
+    x, labels = torch.randn(8, 1, 28, 28), torch.arange(8)
+    latent = {}
+    for model in (gained, plain):
+        before = [l.latent_weight.detach().clone() for _, l in binarize.binary_layers(model)]
+        opt = optimizer(model.parameters())
+        opt.zero_grad()
+        F.cross_entropy(model.train()(x), labels).backward()
+        opt.step()
+        latent[model] = [l.latent_weight.detach() - b for (_, l), b in zip(binarize.binary_layers(model), before)]
+    for g, p in zip(latent[gained], latent[plain]):
+        assert p.abs().max() > 0
+        assert torch.allclose(g, 8 * p, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(gained.get_submodule("0").weight, plain.get_submodule("0").weight, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("recipe", [dict(optimizer="adam", lr=2e-3, weight_decay=1e-4),
+                                    dict(optimizer="sgd", lr=0.05, weight_decay=1e-4, two_step=True)],
+                         ids=["adam", "sgd-two-step"])
+def test_finetune_trains_a_gained_student_exactly_as_latent_gain_1(recipe, tmp_path, one_thread):
+    """binarize.finetune gives the stored weights lr / gain and weight decay * gain: the measured
+    recipes train bit for bit as with latent_gain=1 (the gain is a power of two). Mutations caught:
+    the group at the phase's lr; weight decay not multiplied."""
+    results = []
+    for model in _gain_pair("xnor"):
+        train, val, _ = make_loaders("mnist5k", batch_size=32, test_batch_size=500)  # the same batches
+        torch.manual_seed(0)
+        config = FinetuneConfig(epochs=1, steps_per_epoch=6, gan_weight=0.0, progress=False, evaluate_initial=False,
+                                run_dir=str(tmp_path / str(len(results))), **recipe)
+        trained, _ = finetune(model, lenet(), train, val, config)
+        results.append([l.latent_weight.detach() for _, l in binarize.binary_layers(trained)])
+    for g, p in zip(*results):
+        assert torch.equal(g, p)
+
+
+def test_convert_config_version_4_data_has_no_latent_gain():
+    """Students saved before the gain existed stored the latent weights themselves: their recipe
+    rebuilds latent_gain=1, so the saved state_dict means what it meant."""
+    data = ckpt.config_to_data(binarize.methods.get_method("xnor").config())
+    assert data["options"]["latent_gain"] == 8.0
+    old = {k: v for k, v in data["options"].items() if k != "latent_gain"}
+    assert ckpt.config_from_data({"method": "xnor", "options": dict(old, version=4)}).latent_gain == 1.0
+    with pytest.raises(ValueError, match="latent_gain"):
+        binarize.convert(lenet(), "xnor", latent_gain=0)

@@ -112,11 +112,11 @@ def test_widened_layer_is_the_k_squared_wide_binary_conv_and_its_gradient_sums_t
     for j in range(k):  # orientation j of every output: the learned filter turned j quarter turns, on every input copy
         for i in range(k):
             assert torch.equal(signs[j * c_out:(j + 1) * c_out, i * c_in:(i + 1) * c_in],
-                               binary_sign(torch.rot90(layer.weight.detach(), j, dims=(2, 3))))
+                               binary_sign(torch.rot90(layer.latent_weight.detach(), j, dims=(2, 3))))
     reference = F.conv2d(binary_sign(x.detach()), signs * scale.view(-1, 1, 1, 1), layer.bias.detach(), padding=1)
     assert torch.allclose(y, reference, atol=1e-5)
 
-    weight = layer.weight.detach().clone().requires_grad_()
+    weight = layer.latent_weight.detach().clone().requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
     copies = torch.cat([torch.rot90(weight, j, dims=(2, 3)) for j in range(k)]).repeat(1, k, 1, 1)
     wide_scale = weight.abs().mean(dim=(1, 2, 3)).repeat(k).view(-1, 1, 1, 1)
@@ -198,15 +198,15 @@ def test_version_1_and_2_data_rebuild_the_max_layout():
     that lets ``layout`` take its default passes while the default is "max": the two then build the
     same model.)"""
     current = CBCNConfig(orientations=2, layout="widen").to_data()
-    assert current["version"] == 4 and current["layout"] == "widen"
+    assert current["version"] == 5 and current["layout"] == "widen"
     version_2 = {k: v for k, v in current.items()
-                 if k not in ("layout", "input_threshold", "rprelu", "cost_model")} | {"version": 2}
+                 if k not in ("layout", "input_threshold", "rprelu", "cost_model", "latent_gain")} | {"version": 2}
     def read(options):
         return ckpt.config_from_data({"method": "cbcn", "options": options})
 
     assert read(current).layout == "widen"
     old = read(version_2)
-    assert (old.layout, old.input_threshold, old.rprelu) == ("max", False, False)
+    assert (old.layout, old.input_threshold, old.rprelu, old.latent_gain) == ("max", False, False, 1.0)
     version_1 = {k: v for k, v in version_2.items() if k not in ("shortcut", "keep_costly_float")} | {"version": 1}
     old = read(version_1)
     assert (old.layout, old.shortcut, old.keep_costly_float, old.orientations) == ("max", "conv", False, 2)

@@ -148,14 +148,14 @@ def test_biper_stage_switch_changes_the_forward_as_specified(tmp_path):
         return F.conv2d(binary_sign(shifted), weight, layer.bias, layer.stride, layer.padding)
 
     with torch.no_grad():  # stage 1: real-valued sin(omega w)
-        assert torch.allclose(layer(x), conv(torch.sin(layer.omega * layer.weight)), atol=1e-6)
+        assert torch.allclose(layer(x), conv(torch.sin(layer.omega * layer.latent_weight)), atol=1e-6)
     # stage 2 at lr 0: the weights stay those stage 1 ended with, so the warm start can be checked
     config = FinetuneConfig(stage1_epochs=1, epochs=1, lr=0.0, steps_per_epoch=3, progress=False,
                             evaluate_initial=False, run_dir=str(tmp_path))
     student, history = finetune(student, teacher, train, val, config)
     assert [row["phase"] for row in history.epochs] == ["stage 1", "stage 2"]
     assert int(layer.stage) == 2
-    w = layer.weight.detach()
+    w = layer.latent_weight.detach()
     expected_scale = optimal_scale(laplace_fit(w, dim=0).double().numpy(), float(layer.omega))
     assert torch.allclose(layer.scale.detach(), torch.as_tensor(expected_scale, dtype=torch.float32), rtol=1e-5)
     signs = binary_sign(torch.sin(layer.omega * w))

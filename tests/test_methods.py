@@ -22,7 +22,8 @@ def make_layer(method, conv=None, **overrides):
 
 def test_layer_copies_weights_and_leaves_source_untouched():
     conv, layer = make_layer("xnor")
-    assert torch.equal(layer.weight, conv.weight) and layer.weight is not conv.weight
+    assert torch.equal(layer.latent_weight, conv.weight) and layer.weight is not conv.weight
+    assert torch.equal(layer.weight * layer.latent_gain, conv.weight)  # stored divided by the gain (8)
     assert torch.equal(layer.bias, conv.bias)
 
 
@@ -36,16 +37,16 @@ def test_input_is_zero_padded_after_binarization():
 
 def test_xnor_weight_and_gradient():
     _, layer = make_layer("xnor")
-    w = layer.weight
-    alpha = w.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
-    assert torch.allclose(layer.binarized_weight(), alpha * binary_sign(w.detach()))
+    w, latent = layer.weight, layer.latent_weight.detach()  # w.grad: the gradient w.r.t. the latent weight
+    alpha = latent.abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(layer.binarized_weight(), alpha * binary_sign(latent))
     upstream = torch.randn_like(w)
     (layer.binarized_weight() * upstream).sum().backward()
     n = w[0].numel()
-    inside = (w.detach().abs() <= 1).to(w.dtype)
+    inside = (latent.abs() <= 1).to(w.dtype)
     # d(alpha sign(w))/dw: alpha * STE'(w) + sign(w) * d(alpha)/dw, with d(alpha)/dw = sign(w) / n
-    expected = upstream * alpha * inside + binary_sign(w.detach()) * (
-        upstream * binary_sign(w.detach())).sum(dim=(1, 2, 3), keepdim=True) / n
+    expected = upstream * alpha * inside + binary_sign(latent) * (
+        upstream * binary_sign(latent)).sum(dim=(1, 2, 3), keepdim=True) / n
     assert torch.allclose(w.grad, expected, atol=1e-6)
 
 
@@ -59,13 +60,13 @@ def test_bireal_uses_approx_sign_for_activations():
 class TestBiPer:
     def test_scale_is_eq8_of_per_channel_laplace_fit(self):
         _, layer = make_layer("biper")
-        b = layer.weight.detach().abs().mean(dim=(1, 2, 3)).double().numpy()
+        b = layer.latent_weight.detach().abs().mean(dim=(1, 2, 3)).double().numpy()
         assert torch.allclose(layer.scale.detach().double(), torch.from_numpy(optimal_scale(b, 20.0)),
                               rtol=1e-6)
 
     def test_stage1_uses_sine_weights_stage2_binary(self):
         _, layer = make_layer("biper")
-        w = layer.weight.detach()
+        w = layer.latent_weight.detach()
         assert int(layer.stage) == 1
         assert torch.allclose(layer.binarized_weight(), torch.sin(20 * w))
         with pytest.raises(ValueError, match="set_stage"):
@@ -78,7 +79,7 @@ class TestBiPer:
         _, layer = make_layer("biper", stage=2)
         upstream = torch.randn_like(layer.weight)
         (layer.binarized_weight() * upstream).sum().backward()
-        w = layer.weight.detach()
+        w = layer.latent_weight.detach()
         expected = upstream * layer.scale.detach().view(-1, 1, 1, 1) * 20 * torch.cos(20 * w)
         assert torch.allclose(layer.weight.grad, expected, atol=1e-5)
 
@@ -87,12 +88,12 @@ class TestBiPer:
         with torch.no_grad():
             layer.weight.mul_(2)
         layer.set_stage(2)
-        b = layer.weight.detach().abs().mean(dim=(1, 2, 3)).double().numpy()
+        b = layer.latent_weight.detach().abs().mean(dim=(1, 2, 3)).double().numpy()
         assert torch.allclose(layer.scale.detach().double(), torch.from_numpy(optimal_scale(b, 20.0)))
 
     def test_auto_omega_follows_the_layer_spread(self):
         _, layer = make_layer("biper", omega="auto")
-        b = float(layer.weight.detach().abs().mean())
+        b = float(layer.latent_weight.detach().abs().mean())
         assert math.isclose(float(layer.omega), auto_omega(b), rel_tol=1e-6)
 
 
@@ -111,13 +112,13 @@ class TestCBCN:
         cout = layer.out_channels
         assert g.shape == (k * cout, 6, 3, 3)
         for j in range(k):
-            expected = layer.weight.detach().flatten(2)[:, :, ring_permutation(j * 8 // k)].view_as(layer.weight)
+            expected = layer.latent_weight.detach().flatten(2)[:, :, ring_permutation(j * 8 // k)].view_as(layer.weight)
             assert torch.equal(g[j * cout:(j + 1) * cout], expected)
 
     def test_rot90_path_for_5x5_kernels_and_errors(self):
         _, layer = make_layer("cbcn", conv=nn.Conv2d(2, 3, 5, padding=2), orientations=4)
         g = layer.circulant_filters().detach()
-        assert torch.equal(g[3:6], torch.rot90(layer.weight.detach(), 1, dims=(2, 3)))
+        assert torch.equal(g[3:6], torch.rot90(layer.latent_weight.detach(), 1, dims=(2, 3)))
         with pytest.raises(ValueError, match="3x3"):
             make_layer("cbcn", conv=nn.Conv2d(2, 3, 5, padding=2), orientations=8)
         with pytest.raises(ValueError, match="square"):
@@ -139,7 +140,7 @@ class TestCBCN:
         _, layer = make_layer("cbcn", orientations=4)
         x = torch.randn(2, 6, 8, 8)
         g = layer.circulant_filters().detach()
-        alpha = layer.weight.detach().abs().mean(dim=(1, 2, 3)).repeat(4).view(-1, 1, 1, 1)
+        alpha = layer.latent_weight.detach().abs().mean(dim=(1, 2, 3)).repeat(4).view(-1, 1, 1, 1)
         full = F.conv2d(binary_sign(x), alpha * binary_sign(g), padding=1)
         expected = full.view(2, 4, 5, 8, 8).amax(1) + layer.bias.view(1, -1, 1, 1)
         assert torch.allclose(layer(x), expected, atol=1e-5)
@@ -148,11 +149,11 @@ class TestCBCN:
 class TestRBCN:
     def test_c_starts_at_least_squares_solution(self):
         _, layer = make_layer("rbcn")
-        assert torch.allclose(layer.C, layer.weight.detach().abs().mean(dim=(0, 1)))
+        assert torch.allclose(layer.C, layer.latent_weight.detach().abs().mean(dim=(0, 1)))
 
     def test_forward_uses_the_mean_of_c_in_training_and_eval(self):
         _, layer = make_layer("rbcn")
-        sign_w = binary_sign(layer.weight.detach())
+        sign_w = binary_sign(layer.latent_weight.detach())
         for mode in (True, False):
             layer.train(mode)
             assert torch.allclose(layer.binarized_weight(), layer.C.detach().mean() * sign_w)
@@ -161,7 +162,7 @@ class TestRBCN:
 
     def test_kernel_loss_value_and_gradients_are_eqs_3_11_15(self):
         _, layer = make_layer("rbcn", kernel_loss_weight=0.1)
-        w, c = layer.weight.detach(), layer.C.detach()
+        w, c = layer.latent_weight.detach(), layer.C.detach()
         w_hat = binary_sign(w)
         residual = w - c * w_hat
         loss = layer.extra_losses()["rbcn_kernel"]

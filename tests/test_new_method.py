@@ -33,17 +33,17 @@ class GainedSignConfig(ConvertConfig):
 
 class GainedSignWeights:
     def _init_method_state(self):
-        self.gain = nn.Parameter(self.weight.detach().abs().mean())
+        self.gain = nn.Parameter(self.latent_weight.detach().abs().mean())
 
     def binarized_weight(self):
-        return self.gain * self.weight_estimator(self.weight)
+        return self.gain * self.weight_estimator(self.latent_weight)
 
     def export_weight(self):
-        w = self.weight.detach()
+        w = self.latent_weight.detach()
         return binary_sign(w), self.gain.detach().expand(w.shape[0]).clone()
 
     def extra_losses(self):
-        return {"gain": self.config.gain_loss_weight * (self.gain - self.weight.detach().abs().mean()) ** 2}
+        return {"gain": self.config.gain_loss_weight * (self.gain - self.latent_weight.detach().abs().mean()) ** 2}
 
 
 class GainedSignConv2d(GainedSignWeights, BinaryConv2d):
@@ -98,7 +98,7 @@ def test_a_registered_method_converts_trains_with_its_policy_and_exports(gained_
     trainer._lr_step()
     assert gain_group["lr"] == pytest.approx(cosine_lr(1, 4, 0.01))
     assert optimizers["student"].param_groups[0]["lr"] == pytest.approx(cosine_lr(1, 4, 0.02))
-    expected_gain_loss = sum(0.25 * (m.gain.item() - m.weight.detach().abs().mean().item()) ** 2 for m in layers)
+    expected_gain_loss = sum(0.25 * (m.gain.item() - m.latent_weight.detach().abs().mean().item()) ** 2 for m in layers)
     _, terms, _ = trainer._train_step(images, labels)
     assert {"gain", "center"} <= set(terms)
     assert terms["gain"] == pytest.approx(expected_gain_loss, rel=1e-5)

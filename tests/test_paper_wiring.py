@@ -101,7 +101,7 @@ def test_cbcn_layer_gradient_is_the_sum_over_rotated_copies_plus_the_scale_path(
     upstream = torch.randn_like(y)
     (y * upstream).sum().backward()
 
-    w = layer.weight.detach()
+    w = layer.latent_weight.detach()
     copies = torch.stack([torch.rot90(w, j, dims=(2, 3)) for j in range(k)]).requires_grad_()  # G_j, K x out x in x 3 x 3
     scale = w.abs().mean(dim=(1, 2, 3)).requires_grad_()
     x_ref = x.detach().clone().requires_grad_()
@@ -175,8 +175,9 @@ def test_gan_term_reaches_the_student_once_with_weight_lambda2():
     binary = dict(binarize.binary_layers(student))
     assert binary
     for name, layer in binary.items():
-        before = reference.get_submodule(name).weight
-        assert torch.allclose(layer.weight.detach() - before.detach(), -lr * before.grad, atol=1e-7), name
+        before = reference.get_submodule(name)  # the latent weight's SGD step, whatever its latent_gain
+        assert torch.allclose(layer.latent_weight.detach() - before.latent_weight.detach(), -lr * before.weight.grad,
+                              atol=1e-7), name
 
 
 def test_gan_reduction_sum_is_the_batch_size_times_the_mean():

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .. import checkpoint as ckpt
+from ..convert import binary_layers
 from ..methods import training_policy
 from .config import FinetuneConfig, History, method_defaults
 from .distributed import all_reduce_max, all_reduce_sum, barrier, world
@@ -177,17 +178,29 @@ class _Trainer:
     def _build_optimizers(self) -> Dict[str, torch.optim.Optimizer]:
         """Fresh optimizers for the current phase (a new stage starts from zero momentum): the
         student's (weight decay on conv/linear weights only), one per parameter group of the
-        method (RBCN's C), then the objective's own (the discriminators')."""
+        method (RBCN's C), then the objective's own (the discriminators').
+
+        The stored weights of binary layers with a ``latent_gain`` g other than 1 get a group of
+        their own at ``lr / g`` with weight decay ``weight_decay * g``: with the gain's
+        straight-through gradient, SGD and Adam then take the steps on the latent weights that they
+        take with ``latent_gain=1``, so a recipe's learning rates mean what they were measured with."""
         config, phase = self.config, self.schedule.phases[self.phase_index]
         groups = self.policy.parameter_groups(self.model, config)
         apart = {id(p) for group in groups for p in group.params}
+        stored_by_gain: Dict[float, List[nn.Parameter]] = {}
+        for _, layer in binary_layers(self.model):
+            if layer.latent_gain != 1.0 and layer.weight.requires_grad and id(layer.weight) not in apart:
+                stored_by_gain.setdefault(layer.latent_gain, []).append(layer.weight)
+                apart.add(id(layer.weight))
         decay, no_decay = [], []
         for p in self.model.parameters():
             if p.requires_grad and id(p) not in apart:
                 (decay if p.dim() > 1 else no_decay).append(p)
         optimizers = {"student": self._make_optimizer(
             [{"params": decay, "weight_decay": config.weight_decay, "base_lr": phase.lr},
-             {"params": no_decay, "weight_decay": 0.0, "base_lr": phase.lr}], phase.lr)}
+             {"params": no_decay, "weight_decay": 0.0, "base_lr": phase.lr},
+             *({"params": stored, "weight_decay": config.weight_decay * gain, "lr": phase.lr / gain,
+                "base_lr": phase.lr / gain} for gain, stored in stored_by_gain.items())], phase.lr)}
         for group in groups:
             if group.name in optimizers:
                 raise ValueError(f"parameter group name {group.name!r} is taken")

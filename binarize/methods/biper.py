@@ -59,7 +59,7 @@ class BiPerConfig(ConvertConfig):
 
 class BiPerWeights:
     def _init_method_state(self):
-        b = float(laplace_fit(self.weight))
+        b = float(laplace_fit(self.latent_weight))
         omega = auto_omega(b) if self.config.omega == "auto" else float(self.config.omega)
         self.register_buffer("omega", torch.tensor(omega, dtype=self.weight.dtype))
         self.register_buffer("stage", torch.tensor(self.config.stage))
@@ -69,7 +69,7 @@ class BiPerWeights:
     @torch.no_grad()
     def fit_scale(self):
         """Eq. 8 per output channel, from a Laplace fit of that channel's latent weights."""
-        b = laplace_fit(self.weight, dim=0).clamp_min(1e-12).cpu().double().numpy()
+        b = laplace_fit(self.latent_weight, dim=0).clamp_min(1e-12).cpu().double().numpy()
         gamma = optimal_scale(b, float(self.omega))
         self.scale.copy_(torch.as_tensor(gamma, dtype=self.scale.dtype))
 
@@ -81,7 +81,7 @@ class BiPerWeights:
         self.stage.fill_(stage)
 
     def binarized_weight(self):
-        w = self.weight
+        w = self.latent_weight
         if int(self.stage) == 1:
             return torch.sin(self.omega * w)
         return per_channel(self.scale, w) * self.weight_estimator(w, omega=self.omega)
@@ -90,7 +90,7 @@ class BiPerWeights:
         if int(self.stage) != 2:
             raise ValueError("a BiPer layer in stage 1 has real-valued weights and cannot be "
                              "exported as binary: call binarize.set_stage(model, 2) (and fine-tune) first")
-        w = self.weight.detach()
+        w = self.latent_weight.detach()
         return binary_sign(torch.sin(self.omega * w)), self.scale.detach().clone()
 
     def extra_repr(self):

@@ -135,7 +135,7 @@ class CBCNConv2d(BinaryConv2d):
 
     def circulant_filters(self) -> torch.Tensor:
         """G (eq. 2), orientation-major: rows ``j * C_out + i`` hold ``W_i o m_j``."""
-        w, k = self.weight, self.rotations
+        w, k = self.latent_weight, self.rotations
         if self.ring_perms is not None:
             flat = w.flatten(2)
             copies = [flat[:, :, perm].view_as(w) for perm in self.ring_perms]
@@ -144,7 +144,7 @@ class CBCNConv2d(BinaryConv2d):
         return torch.cat(copies, 0)
 
     def _scale(self) -> torch.Tensor:
-        return mean_abs_per_channel(self.weight).repeat(self.rotations)
+        return mean_abs_per_channel(self.latent_weight).repeat(self.rotations)
 
     def binarized_weight(self):
         g = self.circulant_filters()

@@ -52,19 +52,19 @@ class RBCNConfig(ConvertConfig):
 
 class RectifiedWeights:
     def _init_method_state(self):
-        w = self.weight.detach()
+        w = self.latent_weight.detach()
         self.C = nn.Parameter(w.abs().mean(dim=(0, 1)) if w.dim() > 2 else w.abs().mean())
 
     def binarized_weight(self):
-        return self.C.mean() * self.weight_estimator(self.weight)
+        return self.C.mean() * self.weight_estimator(self.latent_weight)
 
     def export_weight(self):
-        w = self.weight.detach()
+        w = self.latent_weight.detach()
         return binary_sign(w), self.C.detach().mean().expand(w.shape[0]).clone()
 
     def extra_losses(self):
-        w_hat = self.weight_estimator(self.weight)
-        residual = self.weight.detach() - self.C * w_hat
+        w_hat = self.weight_estimator(self.latent_weight)
+        residual = self.latent_weight.detach() - self.C * w_hat
         return {"rbcn_kernel": 0.5 * self.config.kernel_loss_weight * residual.pow(2).sum()}
 
 

@@ -31,11 +31,11 @@ class XnorWeights:
         pass
 
     def binarized_weight(self):
-        w = self.weight
+        w = self.latent_weight
         return per_channel(mean_abs_per_channel(w), w) * self.weight_estimator(w)
 
     def export_weight(self):
-        w = self.weight.detach()
+        w = self.latent_weight.detach()
         return binary_sign(w), mean_abs_per_channel(w)
 
 

@@ -157,8 +157,9 @@ class ConvertConfig(VersionedConfig):
       <binarize.layers.BinaryLayer.latent_weight>`): whatever first-order optimizer trains the model
       (Adam, SGD) then moves latent weights ``latent_gain`` times as far per step as it moves float
       weights, which a binary network needs to re-learn its signs in a few epochs. Default 8 (a
-      power of two: the stored weights times 8 are the float weights bit for bit); 1 turns it off.
-      In a user's own Adam loop it lowered test error by about 5 pp (benchmarks/RESULTS.md, "Latent
+      power of two: the stored weights times 8 are the float weights bit for bit; xnor's default is
+      1), 1 turns it off. In a user's own Adam loop it lowered bireal, biper, CBCN and RBCN's test
+      error after a BatchNorm refresh by 1.5-6.1 pp (3 seeds; benchmarks/RESULTS.md, "Latent
       gain"). :func:`binarize.finetune` divides the latent weights' learning rate by it (and
       multiplies their weight decay by it), so its recipes train exactly as with ``latent_gain=1``.
     - ``leaf_modules``: module names or types that torch.fx must not trace into (for parts of

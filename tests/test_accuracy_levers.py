@@ -306,10 +306,11 @@ def test_zero_thresholds_export_no_sub(tmp_path):
 # ------------------------------------------------------------------------------------ latent gain
 
 def _gain_pair(method, **overrides):
-    """The same float LeNet converted with the default latent_gain (8) and with latent_gain=1."""
+    """The same float LeNet converted with latent_gain=8 (every method's default but xnor's) and 1."""
     torch.manual_seed(0)
     model = lenet()
-    return binarize.convert(model, method, **overrides), binarize.convert(model, method, latent_gain=1.0, **overrides)
+    return (binarize.convert(model, method, latent_gain=8.0, **overrides),
+            binarize.convert(model, method, latent_gain=1.0, **overrides))
 
 
 @pytest.mark.parametrize("method", ["xnor", "bireal", "biper", "cbcn", "rbcn"])
@@ -377,9 +378,10 @@ def test_finetune_trains_a_gained_student_exactly_as_latent_gain_1(recipe, tmp_p
 def test_convert_config_version_4_data_has_no_latent_gain():
     """Students saved before the gain existed stored the latent weights themselves: their recipe
     rebuilds latent_gain=1, so the saved state_dict means what it meant."""
-    data = ckpt.config_to_data(binarize.methods.get_method("xnor").config())
+    assert [get_method(m).config().latent_gain for m in ("xnor", "bireal", "biper", "cbcn", "rbcn")] == [1, 8, 8, 8, 8]
+    data = ckpt.config_to_data(get_method("bireal").config())
     assert data["options"]["latent_gain"] == 8.0
     old = {k: v for k, v in data["options"].items() if k != "latent_gain"}
-    assert ckpt.config_from_data({"method": "xnor", "options": dict(old, version=4)}).latent_gain == 1.0
+    assert ckpt.config_from_data({"method": "bireal", "options": dict(old, version=4)}).latent_gain == 1.0
     with pytest.raises(ValueError, match="latent_gain"):
         binarize.convert(lenet(), "xnor", latent_gain=0)

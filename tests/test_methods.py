@@ -23,7 +23,8 @@ def make_layer(method, conv=None, **overrides):
 def test_layer_copies_weights_and_leaves_source_untouched():
     conv, layer = make_layer("xnor")
     assert torch.equal(layer.latent_weight, conv.weight) and layer.weight is not conv.weight
-    assert torch.equal(layer.weight * layer.latent_gain, conv.weight)  # stored divided by the gain (8)
+    conv, layer = make_layer("xnor", latent_gain=8.0)  # xnor's default is 1
+    assert torch.equal(layer.latent_weight, conv.weight) and torch.equal(layer.weight * 8, conv.weight)
     assert torch.equal(layer.bias, conv.bias)
 
 

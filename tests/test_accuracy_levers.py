@@ -356,15 +356,16 @@ def test_a_users_optimizer_moves_latent_weights_gain_times_further_and_float_wei
     assert torch.allclose(gained.get_submodule("0").weight, plain.get_submodule("0").weight, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("recipe", [dict(optimizer="adam", lr=2e-3, weight_decay=1e-4),
-                                    dict(optimizer="sgd", lr=0.05, weight_decay=1e-4, two_step=True)],
-                         ids=["adam", "sgd-two-step"])
-def test_finetune_trains_a_gained_student_exactly_as_latent_gain_1(recipe, tmp_path, one_thread):
+@pytest.mark.parametrize("method, recipe", [("xnor", dict(optimizer="adam", lr=2e-3, weight_decay=1e-4)),
+                                            ("xnor", dict(optimizer="sgd", lr=0.05, weight_decay=1e-4, two_step=True)),
+                                            ("biper", dict(stage1_epochs=1))],
+                         ids=["adam", "sgd-two-step", "biper-defaults"])
+def test_finetune_trains_a_gained_student_exactly_as_latent_gain_1(method, recipe, tmp_path, one_thread):
     """binarize.finetune gives the stored weights lr / gain and weight decay * gain: the measured
     recipes train bit for bit as with latent_gain=1 (the gain is a power of two). Mutations caught:
     the group at the phase's lr; weight decay not multiplied."""
     results = []
-    for model in _gain_pair("xnor"):
+    for model in _gain_pair(method):
         train, val, _ = make_loaders("mnist5k", batch_size=32, test_batch_size=500)  # the same batches
         torch.manual_seed(0)
         config = FinetuneConfig(epochs=1, steps_per_epoch=6, gan_weight=0.0, progress=False, evaluate_initial=False,

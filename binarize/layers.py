@@ -2,7 +2,8 @@
 
 A binary layer keeps the float *latent* weight (initialised from the pretrained layer) as
 :attr:`BinaryLayer.latent_weight`, stored in the parameter ``weight`` divided by
-``config.latent_gain`` (the gain speeds up any optimizer on the latent weights, see there), takes a float input, binarizes it inside with the method's activation estimator
+``config.latent_gain`` (the gain speeds up any optimizer on the latent weights, see there), takes
+a float input, binarizes it inside with the method's activation estimator
 (sign(0) = +1, see :mod:`binarize.quantizers`) and convolves it with the method's binarized,
 scaled weight. Padding is applied by ``F.conv2d`` *after* the input is binarized, so padded
 taps are 0 and contribute nothing to the dot product; the exported kernel reproduces exactly

@@ -63,8 +63,9 @@ class RectifiedWeights:
         return binary_sign(w), self.C.detach().mean().expand(w.shape[0]).clone()
 
     def extra_losses(self):
-        w_hat = self.weight_estimator(self.latent_weight)
-        residual = self.latent_weight.detach() - self.C * w_hat
+        w = self.latent_weight
+        w_hat = self.weight_estimator(w)
+        residual = w.detach() - self.C * w_hat
         return {"rbcn_kernel": 0.5 * self.config.kernel_loss_weight * residual.pow(2).sum()}
 
 

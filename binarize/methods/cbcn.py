@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -133,9 +134,10 @@ class CBCNConv2d(BinaryConv2d):
         perms = torch.stack([ring_permutation(j * 8 // k) for j in range(k)]) if (kh, kw) == (3, 3) else None
         self.register_buffer("ring_perms", perms, persistent=False)
 
-    def circulant_filters(self) -> torch.Tensor:
-        """G (eq. 2), orientation-major: rows ``j * C_out + i`` hold ``W_i o m_j``."""
-        w, k = self.latent_weight, self.rotations
+    def circulant_filters(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """G (eq. 2) of the latent weight ``w`` (default ``self.latent_weight``), orientation-major:
+        rows ``j * C_out + i`` hold ``W_i o m_j``."""
+        w, k = self.latent_weight if w is None else w, self.rotations
         if self.ring_perms is not None:
             flat = w.flatten(2)
             copies = [flat[:, :, perm].view_as(w) for perm in self.ring_perms]
@@ -143,18 +145,20 @@ class CBCNConv2d(BinaryConv2d):
             copies = [torch.rot90(w, j * 4 // k, dims=(2, 3)) for j in range(k)]
         return torch.cat(copies, 0)
 
-    def _scale(self) -> torch.Tensor:
-        return mean_abs_per_channel(self.latent_weight).repeat(self.rotations)
+    def _scale(self, w: torch.Tensor) -> torch.Tensor:
+        return mean_abs_per_channel(w).repeat(self.rotations)
 
     def binarized_weight(self):
-        g = self.circulant_filters()
-        return per_channel(self._scale(), g) * self.weight_estimator(g)
+        w = self.latent_weight
+        g = self.circulant_filters(w)
+        return per_channel(self._scale(w), g) * self.weight_estimator(g)
 
     def export_weight(self):
-        signs = binary_sign(self.circulant_filters().detach())
+        w = self.latent_weight.detach()
+        signs = binary_sign(self.circulant_filters(w))
         if self.feature_orientations > 1:  # the CiF: each filter copied over the K input orientations
             signs = signs.repeat(1, self.feature_orientations, 1, 1)
-        return signs, self._scale().detach()
+        return signs, self._scale(w)
 
     def forward(self, x):
         x = self.binarize_input(x)

@@ -3,8 +3,10 @@
 ``binarize.convert(model, method)`` (every option at its default), then trained again by the same
 plain loop: Adam (PyTorch's defaults, lr 1e-3), cross-entropy only, no teacher, no binarize training
 code. Prints the test error of the float net and of every method, on MNIST-5k-rot, as the loop leaves
-the model and after one more line in it, ``binarize.finetune.refresh_batchnorm(model, train_loader)``
-(running statistics recomputed over the training set with the weights fixed).
+the model (a converted model recomputes its BatchNorm statistics from its last 512 training samples
+when it is first evaluated, ``ConvertConfig.batchnorm_refresh_samples``) and after one more line in
+the loop, ``binarize.finetune.refresh_batchnorm(model, train_loader)`` (statistics recomputed over the
+whole training set with the weights fixed).
 
     OMP_NUM_THREADS=1 python benchmarks/user_loop.py [--epochs 6] [--seeds 0 1 2] [--results benchmarks/RESULTS.md]
 """

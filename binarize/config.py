@@ -162,6 +162,14 @@ class ConvertConfig(VersionedConfig):
       error after a BatchNorm refresh by 1.5-6.1 pp (3 seeds; benchmarks/RESULTS.md, "Latent
       gain"). :func:`binarize.finetune` divides the latent weights' learning rate by it (and
       multiplies their weight decay by it), so its recipes train exactly as with ``latent_gain=1``.
+    - ``batchnorm_refresh_samples``: the converted model keeps references to its inputs from its
+      last training calls (at least this many samples) and, before its next eval-mode call or
+      ``state_dict()``, recomputes every BatchNorm's running statistics from them with the current
+      weights (:mod:`binarize.batchnorm`). Latent weights that keep flipping make PyTorch's running
+      averages describe weights the model no longer has: in a user's own Adam loop the test error
+      as the loop left the model was 31-67 %, and 15-23 % with this (benchmarks/RESULTS.md,
+      "BatchNorm statistics at eval()"). Default 512; 0 turns it off (PyTorch's running averages).
+      :func:`binarize.finetune` pauses it and keeps its own BatchNorm policy.
     - ``leaf_modules``: module names or types that torch.fx must not trace into (for parts of
       a model that are not traceable). Convolutions inside a leaf stay in float.
     """
@@ -180,6 +188,7 @@ class ConvertConfig(VersionedConfig):
     input_threshold: bool = True
     rprelu: bool = False
     latent_gain: float = 8.0
+    batchnorm_refresh_samples: int = 512
     leaf_modules: Sequence[Union[str, type]] = field(default=(), metadata={"types": True})
     # Estimator names from binarize.quantizers.ESTIMATORS; each method sets its paper's choice.
     activation_estimator: str = "ste"
@@ -187,12 +196,13 @@ class ConvertConfig(VersionedConfig):
 
     method = "base"  # class attribute, set by each method's config
     # 2: shortcut and keep_costly_float; 3: input_threshold (on by default) and rprelu; 4: cost_model;
-    # 5: latent_gain. Older plain data rebuilds the model it described.
-    version = 5
+    # 5: latent_gain; 6: batchnorm_refresh_samples. Older plain data rebuilds the model it described.
+    version = 6
     upgrades = {1: lambda fields: dict(fields, shortcut="conv", keep_costly_float=False),
                 2: lambda fields: {"input_threshold": False, "rprelu": False, **fields},
                 3: lambda fields: {"cost_model": "shortcut", **fields},
-                4: lambda fields: {"latent_gain": 1.0, **fields}}
+                4: lambda fields: {"latent_gain": 1.0, **fields},
+                5: lambda fields: {"batchnorm_refresh_samples": 0, **fields}}
 
     def __post_init__(self):
         from .quantizers import ESTIMATORS
@@ -206,6 +216,10 @@ class ConvertConfig(VersionedConfig):
         if not (isinstance(self.latent_gain, (int, float)) and not isinstance(self.latent_gain, bool)
                 and 0 < self.latent_gain < float("inf")):
             raise ValueError(f"latent_gain={self.latent_gain!r}: expected a positive finite number (1 turns it off)")
+        if not (isinstance(self.batchnorm_refresh_samples, int) and not isinstance(self.batchnorm_refresh_samples, bool)
+                and self.batchnorm_refresh_samples >= 0):
+            raise ValueError(f"batchnorm_refresh_samples={self.batchnorm_refresh_samples!r}: expected a "
+                             f"non-negative whole number of samples (0 turns it off)")
         for name in ("activation_estimator", "weight_estimator"):
             value = getattr(self, name)
             if value not in ESTIMATORS:

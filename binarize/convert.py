@@ -8,7 +8,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from . import passes
+from . import batchnorm, passes
 from .config import ConvertConfig
 from .layers import BinaryLayer
 from .methods import get_method, method_for_config, training_policy
@@ -26,6 +26,8 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
     untouched unless ``inplace=True`` (which skips the deep copy to save memory: the original's
     modules are then reused by the result and the original must not be used any more).
     ``result.binarize_plan`` lists the binary layers and why every other layer stayed float.
+    Unless ``batchnorm_refresh_samples=0``, the result recomputes its BatchNorm statistics from its
+    last training inputs before it next runs in eval mode (:mod:`binarize.batchnorm`).
     """
     if isinstance(method, ConvertConfig):
         config = method.with_overrides(**overrides) if overrides else method
@@ -64,6 +66,7 @@ def convert(model: nn.Module, method: Union[str, ConvertConfig] = "biper", *, in
     gm.meta.setdefault("_user_preserved_attributes", {}).update(attributes)
     for name, value in attributes.items():
         setattr(gm, name, value)
+    batchnorm.install(gm, config.batchnorm_refresh_samples)
     return gm
 
 

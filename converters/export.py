@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from binarize import batchnorm
 from binarize.checkpoint import atomic_write
 from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from binarize.matchers import module_of, preserves_sign
@@ -80,6 +81,9 @@ def _graph_copy(model: nn.Module) -> fx.GraphModule:
             raise TypeError(f"export: torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: "
                             f"{err}); export a model returned by binarize.convert") from err
         gm = fx.GraphModule(root, graph, type(model).__name__)
+    # The copy's BatchNorm statistics brought up to date from the model's last training inputs, as
+    # the model's own next eval-mode call would, and the recording hook gone before tracers run it.
+    batchnorm.freeze(gm)
     return gm.to(device="cpu", dtype=torch.float32).eval()
 
 
@@ -394,7 +398,9 @@ def export(model: nn.Module, path: Union[str, os.PathLike], example_input: Input
     version 2 of the ``binarize`` operators, a second Add or a fused ReLU version 3; the file
     imports the oldest version its layers can use (a model using none of them is written with
     version 1, as before version 2 existed).
-    The model is not modified; the file is written atomically.
+    The model is not modified; the file is written atomically. A converted model that trained since
+    it last ran in eval mode is exported with the BatchNorm statistics its next eval-mode call
+    would recompute (:mod:`binarize.batchnorm`).
     """
     path = Path(path)
     if not path.parent.is_dir():

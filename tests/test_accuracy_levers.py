@@ -265,7 +265,7 @@ def test_finetune_config_version_2_data_keeps_its_recipe():
 def test_convert_config_version_2_data_builds_no_thresholds_or_rprelu():
     config = binarize.methods.get_method("bireal").config()
     data = ckpt.config_to_data(config)
-    assert data["options"]["version"] == 5
+    assert data["options"]["version"] == 6
     version_2 = {k: v for k, v in data["options"].items() if k not in ("input_threshold", "rprelu")}
     rebuilt = ckpt.config_from_data({"method": "bireal", "options": dict(version_2, version=2)})
     assert (rebuilt.input_threshold, rebuilt.rprelu) == (False, False)

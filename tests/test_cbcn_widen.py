@@ -198,15 +198,17 @@ def test_version_1_and_2_data_rebuild_the_max_layout():
     that lets ``layout`` take its default passes while the default is "max": the two then build the
     same model.)"""
     current = CBCNConfig(orientations=2, layout="widen").to_data()
-    assert current["version"] == 5 and current["layout"] == "widen"
+    assert current["version"] == 6 and current["layout"] == "widen"
     version_2 = {k: v for k, v in current.items()
-                 if k not in ("layout", "input_threshold", "rprelu", "cost_model", "latent_gain")} | {"version": 2}
+                 if k not in ("layout", "input_threshold", "rprelu", "cost_model", "latent_gain",
+                              "batchnorm_refresh_samples")} | {"version": 2}
     def read(options):
         return ckpt.config_from_data({"method": "cbcn", "options": options})
 
     assert read(current).layout == "widen"
     old = read(version_2)
-    assert (old.layout, old.input_threshold, old.rprelu, old.latent_gain) == ("max", False, False, 1.0)
+    assert (old.layout, old.input_threshold, old.rprelu, old.latent_gain, old.batchnorm_refresh_samples) == \
+        ("max", False, False, 1.0, 0)
     version_1 = {k: v for k, v in version_2.items() if k not in ("shortcut", "keep_costly_float")} | {"version": 1}
     old = read(version_1)
     assert (old.layout, old.shortcut, old.keep_costly_float, old.orientations) == ("max", "conv", False, 2)

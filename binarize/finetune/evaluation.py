@@ -10,6 +10,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..batchnorm import recompute_running_stats
 from .distributed import all_reduce_sum, world
 
 
@@ -40,26 +41,17 @@ def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: Union[str, t
     (of its first parameter) unless given. ``FinetuneConfig.bn_refresh_mode="affine"`` also trains the
     BatchNorm weights and biases first (the trainer's pass).
 
-    Also the last step of a training loop of your own before evaluating or exporting a binary
-    student: while latent weights still flip, the running statistics (an average over the last
-    batches) describe weights the model no longer has, and eval-mode accuracy swings from epoch to
-    epoch (``benchmarks/user_loop.py``)."""
+    Also the last step of a training loop of your own, over the whole training set: a converted
+    model already recomputes its statistics from its last few hundred training samples before it
+    next runs in eval mode (``ConvertConfig.batchnorm_refresh_samples``, :mod:`binarize.batchnorm`),
+    which measured within about a point of this pass (``benchmarks/user_loop.py``)."""
     device = device or next(model.parameters()).device
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not norms:
+    batches = (((images.to(device),), {}, len(images)) for images, _ in loader)
+    if not recompute_running_stats(model, batches, weigh_by_samples=False):
         return
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # None: running stats become the plain average over the batches seen
-    was_training = model.training
-    model.train()
-    for images, _ in loader:
-        model(images.to(device))
-    model.train(was_training)
     size = world()[1]
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-        for stat in (m.running_mean, m.running_var):
-            all_reduce_sum(stat)
-            stat /= size
+    for m in model.modules():
+        if isinstance(m, _BatchNorm) and m.track_running_stats:
+            for stat in (m.running_mean, m.running_var):
+                all_reduce_sum(stat)
+                stat /= size

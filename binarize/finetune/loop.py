@@ -16,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from .. import batchnorm
 from .. import checkpoint as ckpt
 from ..convert import binary_layers
 from ..methods import training_policy
@@ -286,6 +287,12 @@ class _Trainer:
     def run(self) -> Tuple[nn.Module, History]:
         config = self.config
         start_time = time.time()
+        with batchnorm.paused(self.model):  # the recipes' own BatchNorm policy (bn_refresh), as measured
+            self._run(start_time)
+        return self.model.eval(), self.history
+
+    def _run(self, start_time: float) -> None:
+        config = self.config
         self.reporter.open()
         if self.resume_path is None and config.evaluate_initial and self.is_main and self.val_loader is not None:
             self.history.initial["student_val_acc"] = evaluate(self.model, self.val_loader, self.device,
@@ -302,7 +309,6 @@ class _Trainer:
             self.reporter.close()
         self.history.checkpoint = str(self.last_checkpoint) if self.last_checkpoint else None
         self.reporter.summary(self.history, self.phases, time.time() - start_time, self.last_checkpoint)
-        return self.model.eval(), self.history
 
     def _run_epoch(self, stop: _StopRequest) -> None:
         config = self.config

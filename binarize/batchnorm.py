@@ -4,8 +4,9 @@ While a binary network trains, its latent weights keep crossing zero, so every o
 some weight signs. PyTorch's running statistics (an average over the last batches, momentum 0.1)
 then describe weights the model no longer has, and as a plain training loop leaves the model its
 eval-mode accuracy is far below its train-mode accuracy and swings from epoch to epoch
-(``benchmarks/user_loop.py``: 31-67 % test error on MNIST-5k-rot, 15-19 % with the statistics
-recomputed, benchmarks/RESULTS.md "BatchNorm statistics at eval()").
+(``benchmarks/user_loop.py``, MNIST-5k-rot, mean of 3 seeds per method: 24-64 % test error with
+PyTorch's averages, 13-22 % with the statistics recomputed from the last 512 training samples;
+benchmarks/RESULTS.md "BatchNorm statistics at eval()").
 
 :func:`binarize.convert` therefore installs :class:`RecentInputs` on the model it returns
 (``ConvertConfig.batchnorm_refresh_samples``): the model keeps references to its last training

@@ -78,6 +78,17 @@ def _detached(value: Any) -> Any:
     return value.detach() if isinstance(value, torch.Tensor) else value
 
 
+def _moved(batch: Batch, like: torch.Tensor) -> Batch:
+    """``batch`` on ``like``'s device, its floating-point tensors in ``like``'s dtype."""
+    def move(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.to(device=like.device, dtype=like.dtype if value.is_floating_point() else value.dtype)
+
+    args, kwargs, count = batch
+    return tuple(map(move, args)), {k: move(v) for k, v in kwargs.items()}, count
+
+
 class RecentInputs:
     """The forward pre-hook behind ``ConvertConfig.batchnorm_refresh_samples``.
 
@@ -86,7 +97,8 @@ class RecentInputs:
     first eval-mode call after that, and a ``state_dict()`` while stale, first recompute the
     statistics from those inputs (:func:`recompute_running_stats`, weighted by sample count, so a
     small last batch of an epoch counts for its size), under a forked random state, so a model with
-    dropout leaves the caller's random stream as it was. Loading a state_dict clears the mark: the
+    dropout leaves the caller's random stream as it was, and on the model's device and float dtype
+    (a model moved to the CPU after training on a GPU). Loading a state_dict clears the mark: the
     loaded statistics describe the loaded weights.
 
     The inputs are the training batches the user's loop passed in, so they must not be changed in
@@ -116,10 +128,13 @@ class RecentInputs:
         """Recompute the statistics now if training calls came since they were last computed."""
         if not self.stale or self.paused or self.running:
             return
-        devices = sorted({t.get_device() for args, kwargs, _ in self.batches
+        # The model may have moved since it trained (model.cpu() after training on a GPU, .double()).
+        parameter = next(model.parameters(), None)
+        batches = [_moved(batch, parameter) for batch in self.batches] if parameter is not None else self.batches
+        devices = sorted({t.get_device() for args, kwargs, _ in batches
                           for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.is_cuda})
         with torch.random.fork_rng(devices=devices):
-            recompute_running_stats(model, self.batches)
+            recompute_running_stats(model, batches)
 
     def state_dict_pre_hook(self, model: nn.Module, prefix: str, keep_vars: bool) -> None:
         self.settle(model)

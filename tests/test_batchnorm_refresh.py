@@ -147,6 +147,17 @@ def test_the_recompute_leaves_the_callers_random_stream_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_a_model_moved_after_training_recomputes_with_its_inputs_moved_too():
+    """Trained in float32 (on a GPU, say), then converted (.double(), .cpu()) before evaluation: the
+    recorded inputs follow the model. Mutation caught: the recorded inputs used as they are."""
+    model = binarize.convert(small_resnet(), "bireal")
+    train_steps(model, [32, 32])
+    model.double().eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 28, 28, dtype=torch.float64))
+    assert out.dtype == torch.float64 and not model.binarize_recent_inputs.stale
+
+
 def test_pickling_the_model_does_not_store_the_training_inputs():
     model = binarize.convert(small_resnet(), "bireal")
     train_steps(model, [256, 256])

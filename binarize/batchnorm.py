@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Any, Deque, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -36,16 +36,21 @@ def batch_size(args: tuple, kwargs: Dict[str, Any]) -> int:
     return 1
 
 
+def tracking_norms(model: nn.Module) -> List[_BatchNorm]:
+    """The BatchNorms of ``model`` that keep running statistics."""
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+
+
 @torch.no_grad()
-def recompute_running_stats(model: nn.Module, batches: Iterable[Batch], weigh_by_samples: bool = True) -> bool:
+def recompute_running_stats(model: nn.Module, batches: Iterable[Batch], weigh_by_samples: bool = True) -> List[_BatchNorm]:
     """Reset every tracking BatchNorm of ``model`` and run ``model`` in training mode over ``batches``
     with the weights fixed, so that the running statistics become the average of the batches'
     statistics: weighted by each batch's sample count, or with ``weigh_by_samples=False`` one plain
     average over batches (PyTorch's momentum None; RBCN's refresh). Momenta and the training flag are
-    restored. False (and nothing run) when the model has no such BatchNorm."""
-    norms = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    restored. Returns those BatchNorms (none, and nothing run, when the model has none)."""
+    norms = tracking_norms(model)
     if not norms:
-        return False
+        return norms
     recorder = recorder_of(model)
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -71,7 +76,7 @@ def recompute_running_stats(model: nn.Module, batches: Iterable[Batch], weigh_by
             recorder.running = False
     if recorder is not None:
         recorder.stale = False
-    return True
+    return norms
 
 
 def _detached(value: Any) -> Any:
@@ -165,7 +170,7 @@ ATTRIBUTE = "binarize_recent_inputs"
 def install(model: nn.Module, samples: int) -> Optional[RecentInputs]:
     """Give ``model`` (a ``torch.fx.GraphModule``) a :class:`RecentInputs` keeping ``samples``
     samples; nothing when it has no BatchNorm that tracks statistics or ``samples`` is 0."""
-    if samples <= 0 or not any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules()):
+    if samples <= 0 or not tracking_norms(model):
         return None
     recorder = RecentInputs(samples)
     setattr(model, ATTRIBUTE, recorder)

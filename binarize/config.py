@@ -168,8 +168,9 @@ class ConvertConfig(VersionedConfig):
       weights (:mod:`binarize.batchnorm`). Latent weights that keep flipping make PyTorch's running
       averages describe weights the model no longer has: in a user's own Adam loop the test error
       as the loop left the model was 24-64 % (mean of 3 seeds per method), and 13-22 % with this
-      (benchmarks/RESULTS.md, "BatchNorm statistics at eval()"). Default 512; 0 turns it off (PyTorch's running averages).
-      :func:`binarize.finetune` pauses it and keeps its own BatchNorm policy.
+      (benchmarks/RESULTS.md, "BatchNorm statistics at eval()"). Default 512; 0 turns it off
+      (PyTorch's running averages). :func:`binarize.finetune` pauses it and keeps its own
+      BatchNorm policy.
     - ``leaf_modules``: module names or types that torch.fx must not trace into (for parts of
       a model that are not traceable). Convolutions inside a leaf stay in float.
     """

@@ -6,7 +6,6 @@ from typing import Dict, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,11 +46,8 @@ def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: Union[str, t
     which measured within about a point of this pass (``benchmarks/user_loop.py``)."""
     device = device or next(model.parameters()).device
     batches = (((images.to(device),), {}, len(images)) for images, _ in loader)
-    if not recompute_running_stats(model, batches, weigh_by_samples=False):
-        return
     size = world()[1]
-    for m in model.modules():
-        if isinstance(m, _BatchNorm) and m.track_running_stats:
-            for stat in (m.running_mean, m.running_var):
-                all_reduce_sum(stat)
-                stat /= size
+    for m in recompute_running_stats(model, batches, weigh_by_samples=False):
+        for stat in (m.running_mean, m.running_var):
+            all_reduce_sum(stat)
+            stat /= size

@@ -285,7 +285,6 @@ class _Trainer:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> Tuple[nn.Module, History]:
-        config = self.config
         start_time = time.time()
         with batchnorm.paused(self.model):  # the recipes' own BatchNorm policy (bn_refresh), as measured
             self._run(start_time)

@@ -194,17 +194,9 @@ def recorder_of(model: nn.Module) -> Optional[RecentInputs]:
     return recorder if isinstance(recorder, RecentInputs) else None
 
 
-def settle(model: nn.Module) -> None:
-    """Bring ``model``'s BatchNorm statistics up to date if it records its inputs and trained since
-    (what its next eval-mode call would do); nothing otherwise."""
-    recorder = recorder_of(model)
-    if recorder is not None:
-        recorder.settle(model)
-
-
 def freeze(model: nn.Module) -> None:
-    """:func:`settle`, then remove the hook: the statistics stay as they are now (the exporter's
-    copy of a model, which tracers run)."""
+    """Bring ``model``'s statistics up to date (what its next eval-mode call would do), then remove
+    the hook: they stay as they are now (the exporter's copy of a model, which tracers run)."""
     recorder = recorder_of(model)
     if recorder is None:
         return

@@ -107,7 +107,10 @@ class RecentInputs:
     loaded statistics describe the loaded weights.
 
     The inputs are the training batches the user's loop passed in, so they must not be changed in
-    place afterwards; the hook holds at most ``samples`` samples plus one batch."""
+    place afterwards; the hook holds at most ``samples`` samples plus one batch. Under
+    ``torch.compile`` it runs outside the compiled graph (one graph break in front of the forward
+    pass; ``fullgraph=True`` refuses it, with a message naming the fix); ``torch.jit.trace`` and
+    ``torch.export`` calls are neither recorded nor trigger a recompute."""
 
     def __init__(self, samples: int, batches: Iterable[Batch] = (), stale: bool = False):
         self.samples = samples
@@ -118,8 +121,16 @@ class RecentInputs:
         self.running = False  # inside recompute_running_stats: its calls are not training calls
 
     def __call__(self, model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> None:
-        if self.paused or self.running or torch.jit.is_tracing() or torch.compiler.is_compiling():
-            return  # tracers and compilers see the model, not a training loop
+        if self.paused or self.running or torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return  # tracers and exporters see the model, not a training loop
+        if torch.compiler.is_compiling():
+            # A model under torch.compile still trains or evaluates: record and recompute outside
+            # the graph (one graph break in front of the forward pass).
+            self._observe_eagerly(model, args, kwargs)
+        else:
+            self._observe(model, args, kwargs)
+
+    def _observe(self, model: nn.Module, args: tuple, kwargs: Dict[str, Any]) -> None:
         if model.training:
             self.batches.append((tuple(map(_detached, args)), {k: _detached(v) for k, v in kwargs.items()},
                                  batch_size(args, kwargs)))
@@ -128,6 +139,13 @@ class RecentInputs:
             self.stale = True
         else:
             self.settle(model)
+
+    # torch.compile(fullgraph=True) refuses the graph break, and shows this reason.
+    _observe_eagerly = torch.compiler.disable(_observe, reason=(
+        "a converted model records its training inputs and recomputes its BatchNorm statistics outside the "
+        "compiled graph (ConvertConfig.batchnorm_refresh_samples); for fullgraph=True, convert with "
+        "batchnorm_refresh_samples=0 and call binarize.finetune.refresh_batchnorm(model, train_loader) "
+        "before evaluating"))
 
     def settle(self, model: nn.Module) -> None:
         """Recompute the statistics now if training calls came since they were last computed."""

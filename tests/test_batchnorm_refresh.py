@@ -190,6 +190,30 @@ def test_finetune_pauses_the_hook():
     assert not recorder.paused and not recorder.stale and len(recorder.batches) == 0
 
 
+def test_a_compiled_loop_records_and_recomputes_as_an_eager_loop_does():
+    """torch.compile traces the forward pre-hook: the recording and the recompute run outside the
+    graph, so a compiled loop leaves the statistics an eager one does. torch.export records nothing,
+    and fullgraph=True refuses the graph break with a message naming the fix. Mutation caught: the
+    hook doing nothing under compilation (PyTorch's running averages stay)."""
+    eager = binarize.convert(small_resnet(), "bireal", batchnorm_refresh_samples=100)
+    compiled = copy.deepcopy(eager)
+    inputs = train_steps(eager, [64, 64, 8])
+    train_steps(torch.compile(compiled, backend="eager"), [64, 64, 8])
+    assert [count for *_, count in compiled.binarize_recent_inputs.batches] == [64, 64, 8]
+    probe = inputs[0][:4]
+    with torch.no_grad():
+        expected = eager.eval()(probe)
+        got = torch.compile(compiled, backend="eager").eval()(probe)
+    assert not compiled.binarize_recent_inputs.stale
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+    exported = binarize.convert(small_resnet(), "bireal")
+    torch.export.export(exported.train(), (probe,))
+    assert not exported.binarize_recent_inputs.stale and not exported.binarize_recent_inputs.batches
+    with pytest.raises(Exception, match="batchnorm_refresh_samples=0"):
+        torch.compile(exported, backend="eager", fullgraph=True)(probe)
+
+
 def test_export_uses_the_statistics_the_next_eval_would_and_leaves_the_model_alone(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = binarize.convert(small_resnet(), "bireal")

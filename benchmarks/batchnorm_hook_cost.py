@@ -47,7 +47,9 @@ def main():
             F.cross_entropy(model(images), labels).backward()
             optimizer.step()
             step_times.append(time.perf_counter() - start)
-        held = sum(t.numel() * t.element_size() for batch_args, _, _ in recorder_of(model).batches for t in batch_args)
+        recorded = recorder_of(model).batches
+        held = sum(t.numel() * t.element_size() for batch_args, _, _ in recorded for t in batch_args)
+        held_samples = sum(count for *_, count in recorded)
         model.eval()
         with torch.no_grad():
             start = time.perf_counter()
@@ -61,7 +63,7 @@ def main():
     recompute = first - settled
     print(f"{args.model} ({args.method}), batch {args.batch}, {args.threads} thread(s), "
           f"batchnorm_refresh_samples={args.samples}; medians of {args.rounds} rounds of {steps_to_fill} steps")
-    print(f"inputs held by the hook:        {held / 2**20:.0f} MiB ({held // (3 * 224 * 224 * 4)} images)")
+    print(f"inputs held by the hook:        {held / 2**20:.0f} MiB ({held_samples} images)")
     print(f"training step:                  {step:.2f} s")
     print(f"eval call, statistics current:  {settled:.2f} s")
     print(f"first eval call after training: {first:.2f} s (recompute {recompute:.2f} s = "

@@ -233,3 +233,77 @@ def test_version_5_recipes_rebuild_without_it():
     assert data["options"]["batchnorm_refresh_samples"] == 512
     old = {k: v for k, v in data["options"].items() if k != "batchnorm_refresh_samples"}
     assert ckpt.config_from_data({"method": "bireal", "options": dict(old, version=5)}).batchnorm_refresh_samples == 0
+
+
+# ------------------------------------------------------------- the check that ends a finetune run
+
+def _mnist_batches(count, batch_size=64):
+    from binarize.datasets import make_loaders
+
+    train, val, _ = make_loaders("mnist5k", batch_size=batch_size, test_batch_size=500, seed=0)
+    return train, val, [batch for batch, _ in zip(train, range(count))]
+
+
+def _break_statistics(model):
+    """Running statistics that describe nothing the model computes: every BatchNorm's variance x 10^4."""
+    for m in norms(model):
+        m.running_var.mul_(1e4)
+        m.running_mean.add_(1.0)
+
+
+def test_the_check_keeps_recomputed_statistics_only_when_they_classify_better_by_the_margin():
+    from binarize.finetune.evaluation import check_batchnorm, evaluate
+
+    train, _, batches = _mnist_batches(16)
+    teacher = small_resnet()
+    model, _ = finetune(binarize.convert(teacher, "bireal"), None, train, None,
+                        FinetuneConfig(epochs=1, steps_per_epoch=30, progress=False, evaluate_initial=False,
+                                       bn_final_check=False))
+    _break_statistics(model)
+    check, refresh = batches[8:], batches[:8]
+    broken = copy.deepcopy(model)
+    reference = copy.deepcopy(model)
+    refresh_batchnorm(reference, refresh)
+    running_acc, recomputed_acc = evaluate(broken, check)["acc"], evaluate(reference, check)["acc"]
+    assert recomputed_acc > running_acc + 0.2, (running_acc, recomputed_acc)
+
+    result = check_batchnorm(model, check, refresh)
+    assert result == {"running_acc": pytest.approx(running_acc), "recomputed_acc": pytest.approx(recomputed_acc),
+                      "kept": "recomputed", "check_samples": 8 * 64}
+    for mine, theirs in zip(norms(model), norms(reference)):
+        assert torch.equal(mine.running_mean, theirs.running_mean) and torch.equal(mine.running_var, theirs.running_var)
+
+    # A gain just under the margin: the running statistics stay, bit for bit.
+    before = {k: v.clone() for k, v in broken.state_dict().items()}
+    result = check_batchnorm(broken, check, refresh, margin=recomputed_acc - running_acc + 1e-6)
+    assert result["kept"] == "running"
+    assert all(torch.equal(v, before[k]) for k, v in broken.state_dict().items())
+
+
+def test_finetune_ends_by_replacing_running_statistics_that_no_longer_fit_and_changes_no_weight():
+    """Running averages frozen at numbers that describe nothing (momentum 0 after _break_statistics):
+    with bn_final_check the run's last validation row and the returned model use recomputed
+    statistics; without it the broken ones. Training itself is the same run in both."""
+    from binarize.finetune.evaluation import evaluate
+
+    runs = {}
+    for check in (True, False):
+        train, val, _ = _mnist_batches(0)  # fresh loaders: each run draws the same order
+        teacher = small_resnet()
+        student = binarize.convert(teacher, "bireal")
+        _break_statistics(student)
+        for m in norms(student):
+            m.momentum = 0.0
+        student, history = finetune(student, None, train, val, FinetuneConfig(
+            epochs=1, steps_per_epoch=24, progress=False, evaluate_initial=False, bn_final_check=check))
+        runs[check] = student, history
+        assert history.epochs[-1]["val_acc"] == pytest.approx(evaluate(student, val)["acc"])
+    (checked, history), (unchecked, history_off) = runs[True], runs[False]
+    assert history_off.batchnorm_check is None
+    assert history.batchnorm_check["kept"] == "recomputed"
+    assert history.batchnorm_check["check_samples"] == 6 * 64  # a quarter of the epoch's 24 batches
+    assert history.epochs[-1]["val_acc"] > history_off.epochs[-1]["val_acc"] + 0.2
+    statistics = ("running_mean", "running_var", "num_batches_tracked")
+    a, b = checked.state_dict(), unchecked.state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items() if not k.endswith(statistics))
+    assert not all(torch.equal(v, b[k]) for k, v in a.items() if k.endswith(statistics))

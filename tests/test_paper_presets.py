@@ -1,5 +1,6 @@
 """Paper presets (``FinetuneConfig.paper``, ``binarize finetune --paper``), the step and constant
 learning-rate schedules, and FinetuneConfig version 1 data read by version 2 (issue 10, item 2)."""
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -131,12 +132,16 @@ def test_unknown_schedule_and_modes_are_refused_with_the_choices():
 def test_version_1_data_reads_with_the_new_fields_at_their_old_behaviour():
     config = FinetuneConfig(epochs=3, bn_refresh=True)
     added = ("schedule", "lr_decay", "lr_decay_every", "gan_reduction", "bn_refresh_mode")
-    version_1 = {k: v for k, v in config.to_data().items() if k not in added}
+    version_1 = {k: v for k, v in config.to_data().items() if k not in added + ("bn_final_check",)}
     version_1["version"] = 1
     read = FinetuneConfig.from_data(version_1)
-    assert read == config
+    assert read == dataclasses.replace(config, bn_final_check=False)
     assert (read.schedule, read.gan_reduction, read.bn_refresh_mode) == ("cosine", "mean", "stats")
-    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 4 \\(and upgrades version 1, 2, 3\\)"):
+    # Version 5 added the BatchNorm check at the end of a run: older runs resume without it.
+    version_4 = {k: v for k, v in config.to_data().items() if k != "bn_final_check"}
+    assert FinetuneConfig.from_data(dict(version_4, version=4)) == dataclasses.replace(config, bn_final_check=False)
+    assert FinetuneConfig.from_data(config.to_data()).bn_final_check is True
+    with pytest.raises(ConfigVersionError, match="version 0: this binarize reads version 5 \\(and upgrades version 1, 2, 3, 4\\)"):
         FinetuneConfig.from_data(dict(version_1, version=0))
 
 

@@ -92,6 +92,11 @@ class FinetuneConfig(VersionedConfig):
                  "C fixed after each epoch'): 'stats' recomputes the running statistics; 'affine' first trains "
                  "the BatchNorm weights and biases for one pass over the epoch's batches with the objective, "
                  "everything else frozen, then recomputes the statistics")
+    bn_final_check: bool = option(
+        True, "after the last epoch, recompute the BatchNorm statistics from training batches and keep them "
+              "instead of the running averages only where they classify other training batches better in eval "
+              "mode by over 1 point (binarize.finetune.evaluation.check_batchnorm): it rescues a last epoch whose "
+              "running averages no longer fit the weights; without bn_refresh (which recomputes every epoch)")
     # -- run
     run_dir: Optional[str] = option(
         None, "where checkpoints, metrics.csv, curves.png and best.pt go; None: nothing is written", cli=False)
@@ -113,10 +118,11 @@ class FinetuneConfig(VersionedConfig):
     # Version 2 added schedule, lr_decay, lr_decay_every, gan_reduction and bn_refresh_mode; their
     # defaults are version 1's behaviour. Version 3 added two_step and changed the defaults of the
     # recipe (VERSION_2_DEFAULTS): data of version 2 keeps what it meant. Version 4 raised the learning
-    # rates and added a warm-up (VERSION_3_DEFAULTS).
-    version = 4
+    # rates and added a warm-up (VERSION_3_DEFAULTS). Version 5 added bn_final_check, off in older data.
+    version = 5
     upgrades = {1: added_fields, 2: lambda options: {**VERSION_2_DEFAULTS, **options},
-                3: lambda options: {**VERSION_3_DEFAULTS, **options}}
+                3: lambda options: {**VERSION_3_DEFAULTS, **options},
+                4: lambda options: {"bn_final_check": False, **options}}
 
     def __post_init__(self):
         for name, allowed in (("optimizer", ("sgd", "adam")), ("schedule", SCHEDULES),
@@ -221,4 +227,5 @@ class History:
     initial: Dict[str, float] = field(default_factory=dict)  # teacher_val_acc, student_val_acc before training
     best_val_acc: Optional[float] = None  # best of the final (binary) stage
     best_epoch: Optional[int] = None
+    batchnorm_check: Optional[Dict[str, Any]] = None  # bn_final_check's measurement and choice
     checkpoint: Optional[str] = None  # the last training checkpoint written

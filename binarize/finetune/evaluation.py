@@ -1,11 +1,13 @@
-"""Passes over a whole loader with the weights fixed: accuracy, and RBCN's BatchNorm refresh."""
+"""Passes over a whole loader with the weights fixed: accuracy, RBCN's BatchNorm refresh, and the
+check of the BatchNorm statistics that ends a run."""
 from __future__ import annotations
 
-from typing import Dict, Union
+from typing import Any, Dict, Iterable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -13,10 +15,10 @@ from ..batchnorm import recompute_running_stats
 from .distributed import all_reduce_sum, world
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
-             progress: bool = False, desc: str = "eval") -> Dict[str, float]:
-    """Cross-entropy and top-1 accuracy of ``model`` on ``loader`` (eval mode; training mode restored)."""
+def _eval_sums(model: nn.Module, loader: Iterable, device: Union[str, torch.device, None],
+               progress: bool = False, desc: str = "eval") -> Tuple[float, int, int]:
+    """Summed cross-entropy, correct top-1 and sample count over ``loader`` in eval mode (training
+    mode restored)."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -28,6 +30,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.devi
         correct += int((logits.argmax(1) == labels).sum())
         count += len(labels)
     model.train(was_training)
+    return loss_sum, correct, count
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: Union[str, torch.device, None] = None,
+             progress: bool = False, desc: str = "eval") -> Dict[str, float]:
+    """Cross-entropy and top-1 accuracy of ``model`` on ``loader`` (eval mode; training mode restored)."""
+    loss_sum, correct, count = _eval_sums(model, loader, device, progress, desc)
     return {"loss": loss_sum / max(count, 1), "acc": correct / max(count, 1)}
 
 
@@ -51,3 +61,51 @@ def refresh_batchnorm(model: nn.Module, loader: DataLoader, device: Union[str, t
         for stat in (m.running_mean, m.running_var):
             all_reduce_sum(stat)
             stat /= size
+
+
+#: How many accuracy points (as a fraction) statistics recomputed by :func:`check_batchnorm` must
+#: gain on its check batches before they replace the running averages. In 9 fine-tuning runs whose
+#: last epoch was sound, a refresh over the training set cost 0.4 points of test accuracy on average
+#: (benchmarks/RESULTS.md, "A user's own loop on six seeds"): the running averages stay unless they
+#: are clearly broken.
+BATCHNORM_CHECK_MARGIN = 0.01
+#: How many of the last epoch's samples ``FinetuneConfig.bn_final_check`` checks on (and as many
+#: before them recompute the statistics): enough that the margin is more than a few images.
+BATCHNORM_CHECK_SAMPLES = 1024
+
+
+@torch.no_grad()
+def check_batchnorm(model: nn.Module, check_batches: Iterable, refresh_batches: Iterable,
+                    device: Union[str, torch.device, None] = None,
+                    margin: float = BATCHNORM_CHECK_MARGIN) -> Optional[Dict[str, Any]]:
+    """Keep PyTorch's running BatchNorm statistics unless statistics recomputed from
+    ``refresh_batches`` (:func:`refresh_batchnorm`) classify ``check_batches`` (other training
+    batches) better in eval mode by more than ``margin``; then keep the recomputed ones.
+
+    Why: a binary network's eval-mode accuracy can hang on its BatchNorm statistics. Running
+    averages gathered while latent weights flip can describe a network the model no longer is, and a
+    last epoch that trained well can evaluate at 63 % where recomputed statistics give 94 %
+    (benchmarks/RESULTS.md, "The BatchNorm check that ends a run"). Only training data is used, so a
+    validation score stays a fair estimate. Counts are summed over ranks, so every rank decides the
+    same. Returns the two accuracies, the check's sample count and ``kept``: "running" or
+    "recomputed"; None for a model without BatchNorm running statistics."""
+    device = device or next(model.parameters()).device
+
+    def accuracy() -> Tuple[float, int]:
+        _, correct, count = _eval_sums(model, check_batches, device)
+        totals = torch.tensor([correct, count], dtype=torch.float64, device=device)
+        all_reduce_sum(totals)
+        return totals[0].item() / max(totals[1].item(), 1.0), int(totals[1].item())
+
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return None
+    running, samples = accuracy()
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in layers]
+    refresh_batchnorm(model, refresh_batches, device)
+    recomputed, _ = accuracy()
+    kept = "recomputed" if recomputed > running + margin else "running"
+    if kept == "running":
+        for m, state in zip(layers, saved):
+            m.load_state_dict(state)
+    return {"running_acc": running, "recomputed_acc": recomputed, "kept": kept, "check_samples": samples}

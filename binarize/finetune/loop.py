@@ -22,7 +22,7 @@ from ..convert import binary_layers
 from ..methods import training_policy
 from .config import FinetuneConfig, History, method_defaults
 from .distributed import all_reduce_max, all_reduce_sum, barrier, world
-from .evaluation import evaluate, refresh_batchnorm
+from .evaluation import BATCHNORM_CHECK_SAMPLES, check_batchnorm, evaluate, refresh_batchnorm
 from .objective import AdversarialFeatures, Batch, CenterTerm, build_objective
 from .phases import Phase, Schedule
 from .reporting import Reporter
@@ -371,6 +371,8 @@ class _Trainer:
             if config.bn_refresh_mode == "affine":
                 self._train_batchnorm_affine()
             refresh_batchnorm(self.model, self._loader_for(self.epoch_order), self.device)
+        elif config.bn_final_check and self.epoch + 1 == self.total_epochs:
+            self._check_batchnorm()
         keys = sorted(stats)
         totals = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
         all_reduce_sum(totals)
@@ -401,6 +403,28 @@ class _Trainer:
             self.reporter.write_metrics(self.history.epochs)
         self._save_training_state()
         barrier()  # the other ranks wait for rank 0's evaluation and files
+
+    def _check_batchnorm(self) -> None:
+        """``bn_final_check``: the epoch's last batches (at least ``BATCHNORM_CHECK_SAMPLES`` samples,
+        at most a quarter of the epoch) check the statistics that the batches before them
+        recompute. Training data only: the validation score stays a fair estimate."""
+        order, count, samples = self.epoch_order, 0, 0
+        while count < len(order) // 4 and samples < BATCHNORM_CHECK_SAMPLES:
+            samples += len(order[-1 - count])
+            count += 1
+        if count == 0:
+            return
+        result = check_batchnorm(self.model, self._loader_for(order[-count:]),
+                                 self._loader_for(order[-2 * count:-count]), self.device)
+        if result is None:
+            return
+        self.history.batchnorm_check = result
+        if result["kept"] == "recomputed":
+            self.reporter.log(
+                f"BatchNorm check: eval-mode accuracy on {result['check_samples']} training samples "
+                f"{100 * result['running_acc']:.1f} % with the running averages, {100 * result['recomputed_acc']:.1f} % "
+                f"with statistics recomputed from other training batches: keeping the recomputed ones "
+                f"(bn_final_check=False keeps the running averages)")
 
     def _train_batchnorm_affine(self) -> None:
         """``bn_refresh_mode="affine"``: one pass over the epoch's batches in which the objective trains

@@ -65,6 +65,10 @@ class Reporter:
             lines.append(f"student after training    {h.epochs[-1]['val_acc']:.4f} (epoch {h.epochs[-1]['epoch']})")
         if h.best_val_acc is not None:
             lines.append(f"best val acc, last stage  {h.best_val_acc:.4f} (epoch {h.best_epoch})")
+        if h.batchnorm_check is not None:
+            check = h.batchnorm_check
+            lines.append(f"BatchNorm statistics      {check['kept']} (eval-mode acc on {check['check_samples']} training "
+                         f"samples: running {check['running_acc']:.4f}, recomputed {check['recomputed_acc']:.4f})")
         lines.append(f"epochs {sum(p.epochs for p in phases)} ({', '.join(f'{p.name}: {p.epochs}' for p in phases)}), "
                      f"{seconds:.0f} s this session")
         if self.run_dir:

@@ -24,7 +24,9 @@ re-fits the scales from the stage-1 weights, and stage 2 at ``lr``, each with fr
 its own schedule; others train in one phase), parameter groups with their own optimizer and
 learning rate (RBCN's C at ``rbcn_c_lr``), and defaults for options left at None (CBCN: the center
 loss; RBCN: the BatchNorm refresh after every epoch, ``bn_refresh``). Each paper's own recipe:
-``FinetuneConfig.paper(method, dataset)``.
+``FinetuneConfig.paper(method, dataset)``. A run ends with a check of the BatchNorm statistics on
+training batches, which replaces the running averages only where they are clearly broken
+(``bn_final_check``, :func:`.evaluation.check_batchnorm`).
 
 Runs are resumable exactly (``resume=``; :mod:`.state` lists what a checkpoint holds), Ctrl-C saves a
 checkpoint, and under ``torchrun`` the student is wrapped in ``DistributedDataParallel`` (see

@@ -19,9 +19,10 @@ from . import Method, register_method
 class XnorConfig(ConvertConfig):
     """XNOR-Net. ``activation_estimator``/``weight_estimator``: clipped STE ("ste").
     ``double_skip`` defaults to False: the paper's network has only the original shortcuts, and with
-    double skips one ResNet-8 fine-tuning run of three collapsed in its last epoch (63.5 % against
-    95.2 +- 0.7 % without; a user's own loop gained 5 pp: benchmarks/RESULTS.md, "A user's own loop on
-    six seeds").
+    double skips ResNet-8 fine-tuning read 94.2 % on three seeds against 95.2 +- 0.7 % without (one
+    run's last epoch fell to 63.5 %, 94.4 % after finetune's BatchNorm check); a user's own loop
+    gained 5 pp (benchmarks/RESULTS.md, "A user's own loop on six seeds" and "The BatchNorm check
+    that ends a run").
     ``latent_gain`` defaults to 1: without double skips the gain's larger steps made a user's own
     Adam loop unstable (one seed of three ended at 58.9 % test error after a BatchNorm refresh,
     against 18.7 % without the gain; benchmarks/RESULTS.md, "Latent gain")."""

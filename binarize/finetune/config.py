@@ -96,7 +96,7 @@ class FinetuneConfig(VersionedConfig):
         True, "after the last epoch, recompute the BatchNorm statistics from training batches and keep them "
               "instead of the running averages only where they classify other training batches better in eval "
               "mode by over 1 point (binarize.finetune.evaluation.check_batchnorm): it rescues a last epoch whose "
-              "running averages no longer fit the weights; without bn_refresh (which recomputes every epoch)")
+              "running averages no longer fit the weights; skipped where bn_refresh recomputes them every epoch")
     # -- run
     run_dir: Optional[str] = option(
         None, "where checkpoints, metrics.csv, curves.png and best.pt go; None: nothing is written", cli=False)

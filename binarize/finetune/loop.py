@@ -405,9 +405,10 @@ class _Trainer:
         barrier()  # the other ranks wait for rank 0's evaluation and files
 
     def _check_batchnorm(self) -> None:
-        """``bn_final_check``: the epoch's last batches (at least ``BATCHNORM_CHECK_SAMPLES`` samples,
-        at most a quarter of the epoch) check the statistics that the batches before them
-        recompute. Training data only: the validation score stays a fair estimate."""
+        """``bn_final_check``: the epoch's last batches (until they hold ``BATCHNORM_CHECK_SAMPLES``
+        samples, at most a quarter of the epoch; an epoch of under 4 batches is not checked) judge
+        the statistics that as many batches before them recompute. Training data only: the
+        validation score stays a fair estimate."""
         order, count, samples = self.epoch_order, 0, 0
         while count < len(order) // 4 and samples < BATCHNORM_CHECK_SAMPLES:
             samples += len(order[-1 - count])

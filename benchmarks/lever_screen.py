@@ -40,7 +40,8 @@ def main(argv):
     curve = [round(100 * row["val_acc"], 1) for row in history.epochs]
     print(json.dumps({"net": net, "data": data, "method": method, "seed": seed, "convert": convert_options,
                       "finetune": finetune_options, "teacher": round(100 * teacher_run["acc"], 1),
-                      "acc": curve[-1], "curve": curve, "train_s": round(time.time() - start)}), flush=True)
+                      "acc": curve[-1], "curve": curve, "batchnorm_check": history.batchnorm_check,
+                      "train_s": round(time.time() - start)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ class FinetuneConfig(VersionedConfig):
     bn_final_check: bool = option(
         True, "after the last epoch, recompute the BatchNorm statistics from training batches and keep them "
               "instead of the running averages only where they classify other training batches better in eval "
-              "mode by over 1 point (binarize.finetune.evaluation.check_batchnorm): it rescues a last epoch whose "
+              "mode by over 3 points (binarize.finetune.evaluation.check_batchnorm): it rescues a last epoch whose "
               "running averages no longer fit the weights; skipped where bn_refresh recomputes them every epoch")
     # -- run
     run_dir: Optional[str] = option(

@@ -54,6 +54,12 @@ def main(options):
     torch.manual_seed(0)
     teacher = tiny_model(options.get("batch_norm", True))
     student = binarize.convert(teacher, options.get("method", "biper"), **options.get("convert", {}))
+    if options.get("freeze_broken_batchnorm"):  # running statistics that describe nothing, never updated
+        for m in student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.mul_(1e4)
+                m.running_mean.add_(1.0)
+                m.momentum = 0.0
     batch = options.get("batch_size", 16) // world
     train_loader, val_loader, _ = make_loaders("mnist5k", batch_size=batch, test_batch_size=500,
                                                distributed=options.get("distributed", False))
@@ -69,6 +75,9 @@ def main(options):
     except TrainingInterrupted as stop:
         print(stop)
         return 130
+    if "dump_statistics" in options:
+        torch.save({k: v for k, v in student.state_dict().items() if "running" in k},
+                   os.path.join(options["run_dir"], f"{options['dump_statistics']}-rank{rank}.pt"))
     if "dump_rng" in options:
         torch.save(torch.get_rng_state(), os.path.join(options["run_dir"], f"{options['dump_rng']}-rank{rank}.pt"))
     return 0

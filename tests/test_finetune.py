@@ -305,6 +305,20 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
         assert torch.equal(torch.load(tmp_path / "two" / f"resumed-rank{rank}.pt"), b["rng"][rank]["torch"])
 
 
+def test_torchrun_ranks_take_the_same_batchnorm_check_decision(tmp_path):
+    """bn_final_check under two processes: each rank checks its own batches, the accuracies are summed
+    over ranks and the recomputed statistics averaged, so both ranks end with the same statistics."""
+    run = {"method": "bireal", "distributed": True, "batch_size": 32, "freeze_broken_batchnorm": True,
+           "dump_statistics": "final", "finetune": {"epochs": 1, "steps_per_epoch": 8}}
+    two = _run_worker(dict(run, run_dir=str(tmp_path)), torchrun_procs=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    check = _final_state(tmp_path)["history"]["batchnorm_check"]
+    assert check["kept"] == "recomputed", check
+    assert check["check_samples"] == 2 * 2 * 16  # a quarter of 8 steps on each of 2 ranks, 16 samples each
+    a, b = (torch.load(tmp_path / f"final-rank{rank}.pt") for rank in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ------------------------------------------------------------------------------------ it learns
 
 def test_short_finetune_raises_a_fresh_students_accuracy_clearly():

@@ -48,18 +48,24 @@ def tiny_model(batch_norm: bool) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
 
+def freeze_broken_batchnorm(model: nn.Module) -> None:
+    """Running statistics that describe nothing the model computes (every variance x 10^4, every mean
+    + 1), frozen there (momentum 0): what a run whose averages went stale looks like, exaggerated."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.mul_(1e4)
+            m.running_mean.add_(1.0)
+            m.momentum = 0.0
+
+
 def main(options):
     torch.set_num_threads(1)
     rank, world = init_distributed()
     torch.manual_seed(0)
     teacher = tiny_model(options.get("batch_norm", True))
     student = binarize.convert(teacher, options.get("method", "biper"), **options.get("convert", {}))
-    if options.get("freeze_broken_batchnorm"):  # running statistics that describe nothing, never updated
-        for m in student.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_var.mul_(1e4)
-                m.running_mean.add_(1.0)
-                m.momentum = 0.0
+    if options.get("freeze_broken_batchnorm"):
+        freeze_broken_batchnorm(student)
     batch = options.get("batch_size", 16) // world
     train_loader, val_loader, _ = make_loaders("mnist5k", batch_size=batch, test_batch_size=500,
                                                distributed=options.get("distributed", False))

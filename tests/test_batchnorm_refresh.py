@@ -4,6 +4,8 @@ the mean a BatchNorm sees over the recorded samples in one concatenated float fo
 statistics of a model that never trained, and ONNX Runtime running the exported file."""
 import copy
 import io
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from binarize import batchnorm
 from binarize import checkpoint as ckpt
 from binarize.finetune import FinetuneConfig, finetune, refresh_batchnorm
 from binarize.models import resnet_small
+
+sys.path.insert(0, str(Path(__file__).parent))
+from finetune_worker import freeze_broken_batchnorm  # noqa: E402
 
 
 def small_resnet():
@@ -244,13 +249,6 @@ def _mnist_batches(count, batch_size=64):
     return train, val, [batch for batch, _ in zip(train, range(count))]
 
 
-def _break_statistics(model):
-    """Running statistics that describe nothing the model computes: every BatchNorm's variance x 10^4."""
-    for m in norms(model):
-        m.running_var.mul_(1e4)
-        m.running_mean.add_(1.0)
-
-
 def test_the_check_keeps_recomputed_statistics_only_when_they_classify_better_by_the_margin():
     from binarize.finetune.evaluation import check_batchnorm, evaluate
 
@@ -259,7 +257,7 @@ def test_the_check_keeps_recomputed_statistics_only_when_they_classify_better_by
     model, _ = finetune(binarize.convert(teacher, "bireal"), None, train, None,
                         FinetuneConfig(epochs=1, steps_per_epoch=30, progress=False, evaluate_initial=False,
                                        bn_final_check=False))
-    _break_statistics(model)
+    freeze_broken_batchnorm(model)
     check, refresh = batches[8:], batches[:8]
     broken = copy.deepcopy(model)
     reference = copy.deepcopy(model)
@@ -281,7 +279,7 @@ def test_the_check_keeps_recomputed_statistics_only_when_they_classify_better_by
 
 
 def test_finetune_ends_by_replacing_running_statistics_that_no_longer_fit_and_changes_no_weight():
-    """Running averages frozen at numbers that describe nothing (momentum 0 after _break_statistics):
+    """Running averages frozen at numbers that describe nothing (freeze_broken_batchnorm):
     with bn_final_check the run's last validation row and the returned model use recomputed
     statistics; without it the broken ones. Training itself is the same run in both."""
     from binarize.finetune.evaluation import evaluate
@@ -291,9 +289,7 @@ def test_finetune_ends_by_replacing_running_statistics_that_no_longer_fit_and_ch
         train, val, _ = _mnist_batches(0)  # fresh loaders: each run draws the same order
         teacher = small_resnet()
         student = binarize.convert(teacher, "bireal")
-        _break_statistics(student)
-        for m in norms(student):
-            m.momentum = 0.0
+        freeze_broken_batchnorm(student)
         student, history = finetune(student, None, train, val, FinetuneConfig(
             epochs=1, steps_per_epoch=24, progress=False, evaluate_initial=False, bn_final_check=check))
         runs[check] = student, history

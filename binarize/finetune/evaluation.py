@@ -7,11 +7,10 @@ from typing import Any, Dict, Iterable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..batchnorm import recompute_running_stats
+from ..batchnorm import recompute_running_stats, tracking_norms
 from .distributed import all_reduce_sum, world
 
 
@@ -98,7 +97,7 @@ def check_batchnorm(model: nn.Module, check_batches: Iterable, refresh_batches: 
         all_reduce_sum(totals)
         return totals[0].item() / max(totals[1].item(), 1.0), int(totals[1].item())
 
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    layers = tracking_norms(model)
     if not layers:
         return None
     running, samples = accuracy()

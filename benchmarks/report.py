@@ -1,7 +1,7 @@
 """The evidence report: one command regenerates accuracy/ablation tables with the papers' claims
 checked, BiPer's quantization-error figure, and speed, size and training-cost tables, with plots.
 
-    python benchmarks/report.py              # full report: 132 runs of 8 epochs, over an hour on 2 cores
+    python benchmarks/report.py              # full report: 198 runs (about 3 h of process time on Zen 5, 9 on Zen 1)
     python benchmarks/report.py --from-cache # the report from the runs cached so far, training nothing
     python benchmarks/report.py --smoke      # tiny version (CI), under a minute
 
@@ -9,8 +9,9 @@ Writes ``benchmarks/report/``: ``REPORT.md``, PNG plots (when matplotlib is inst
 ``pip install binarize[report]``; otherwise the plots are skipped with a message) and the raw
 results as CSV/JSON. Training runs are cached one JSON file per run under
 ``--cache``/<recipe> (default ``runs/report``, ``runs/report-smoke`` for --smoke), so an interrupted
-report resumes and a changed recipe (--student-epochs, --teacher-epochs, or new library defaults) retrains; delete the
-folder to retrain. Nothing is downloaded: the data is the bundled MNIST-5k.
+report resumes and a changed recipe (--student-epochs, --teacher-epochs, or FinetuneConfig's defaults) retrains
+everything, a method's changed defaults only that method's runs (the run files carry a digest of them); delete
+the folder to retrain. Nothing is downloaded: the data is the bundled MNIST-5k.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import binarize  # noqa: E402
 from binarize import analysis  # noqa: E402
 from binarize import checkpoint as ckpt  # noqa: E402
 from binarize.kernels import available_isas  # noqa: E402
+from binarize.config import ConvertConfig  # noqa: E402
 from binarize.finetune.config import FALLBACKS  # noqa: E402
 
 import report_accuracy as acc  # noqa: E402
@@ -179,8 +181,8 @@ def accuracy_section(grid: acc.Grid, results: List[dict], out: Path, plots: Plot
              + (f", {recipe.steps_per_epoch} batches per epoch" if recipe.steps_per_epoch else "")
              + "; objective CE + KD (T = 4) + the method's own terms (RBCN: kernel loss, discriminators, BN "
                "refresh; CBCN: center loss). Conversion defaults: "
-             + ("RSign thresholds" if acc.ConvertConfig().input_threshold else "no RSign thresholds")
-             + (" and RPReLU" if acc.ConvertConfig().rprelu else ", no RPReLU")
+             + ("RSign thresholds" if ConvertConfig().input_threshold else "no RSign thresholds")
+             + (" and RPReLU" if ConvertConfig().rprelu else ", no RPReLU")
              + " on every binary layer; first conv, 1x1 shortcuts, classifier and the layers the cost rule "
                "finds slower binary (`keep_costly_float`: LeNet's 10-channel conv) stay float.", ""]
     rows = [[label] + [str(cells[(n, d, label)]) if (n, d, label) in cells else "-" for n, d in settings]

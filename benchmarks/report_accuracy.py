@@ -24,7 +24,6 @@ from torch import nn
 import binarize
 from binarize import checkpoint as ckpt
 from binarize.datasets import make_loaders
-from binarize.config import ConvertConfig
 from binarize.finetune import FinetuneConfig, finetune
 from binarize.finetune.config import VERSION_2_DEFAULTS, VERSION_3_DEFAULTS
 from binarize.methods import paper_recipe, training_policy
@@ -179,20 +178,23 @@ class Recipe:
     teacher_lr: float = 3e-3  # Adam
 
     def tag(self) -> str:
-        """Names the cache folder, so that runs of different recipes (or library defaults) never mix."""
+        """Names the cache folder, so that runs of different recipes (or FinetuneConfig defaults) never
+        mix; a method's own defaults name its runs' files (:func:`run_path`)."""
         steps = f"-steps{self.steps_per_epoch}" if self.steps_per_epoch else ""
         return (f"teacher{self.teacher_epochs}ep-lr{self.teacher_lr:g}_student{self.student_epochs}ep-defaults"
-                f"-finetune{FinetuneConfig.version}-convert{ConvertConfig.version}-{defaults_digest()}{steps}")
+                f"-finetune{FinetuneConfig.version}-{_digest(FinetuneConfig().to_data())}{steps}")
 
 
-def defaults_digest() -> str:
-    """A short digest of every default the students train with (FinetuneConfig's, each method's convert
-    config's and its training policy's ``finetune_defaults``): a default changed within a config version
-    (RPReLU switched off, BiPer's stage-2 learning rate) gets new runs."""
-    defaults = {"finetune": FinetuneConfig().to_data(),
-                **{name: {"convert": method.config().to_data(), "finetune": dict(method.finetune_defaults)}
-                   for name, method in sorted(binarize.METHODS.items())}}
-    return hashlib.sha256(json.dumps(defaults, sort_keys=True, default=str).encode()).hexdigest()[:8]
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def method_digest(name: str) -> str:
+    """A short digest of a method's defaults (its convert config, version included, and its training
+    policy's ``finetune_defaults``): a default changed within a config version (RPReLU switched off,
+    BiPer's stage-2 learning rate) gets new runs of that method, and the other methods' runs stay."""
+    method = binarize.METHODS[name]
+    return _digest({"convert": method.config().to_data(), "finetune": dict(method.finetune_defaults)})
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ def teacher_path(cache: Path, net: str, data: str, seed: int) -> Path:
 
 
 def run_path(cache: Path, net: str, data: str, variant: Variant, seed: int) -> Path:
-    return cache / "runs" / f"{net}-{data}-{variant.slug}-s{seed}.json"
+    defaults = "" if variant.method == FLOAT.method else f"-{method_digest(variant.method)}"
+    return cache / "runs" / f"{net}-{data}-{variant.slug}{defaults}-s{seed}.json"
 
 
 def load_teacher(cache: Path, net: str, data: str, seed: int) -> nn.Module:

@@ -1,12 +1,15 @@
 """The evidence report's smoke mode (benchmarks/report.py --smoke, reached as `binarize bench accuracy`):
 it runs end to end into a temporary folder and writes every section, the claims table and the raw results."""
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
+import binarize
 from binarize import cli
 
 VERDICTS = {"holds", "holds within noise", "within noise", "does not hold", "not measured"}
@@ -63,3 +66,21 @@ def test_raw_results(smoke_report):
     if importlib.util.find_spec("matplotlib"):
         for plot in ("accuracy.png", "ablation.png", "qe.png", "train_step.png"):
             assert (smoke_report / plot).stat().st_size > 1000
+
+
+def test_a_changed_method_default_retrains_only_that_methods_runs(monkeypatch):
+    """The run cache is keyed by each method's own defaults: a changed xnor default names new xnor run
+    files and leaves the other methods' (and the teachers') cached runs in place."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import report_accuracy as acc
+
+    cache = Path("cache")
+    runs = [acc.FLOAT, acc.Variant("xnor", "xnor"), acc.Variant("bireal", "bireal"),
+            acc.Variant("xnor -RSign", "xnor", {"input_threshold": False})]
+    before = [acc.run_path(cache, "lenet", "mnist5k", variant, 0) for variant in runs]
+    xnor = binarize.METHODS["xnor"]
+    changed = dataclasses.make_dataclass("ChangedXnorConfig", [("latent_gain", float, 2.0)], bases=(xnor.config,))
+    monkeypatch.setitem(binarize.METHODS, "xnor", dataclasses.replace(xnor, config=changed))
+    after = [acc.run_path(cache, "lenet", "mnist5k", variant, 0) for variant in runs]
+    assert [b == a for b, a in zip(before, after)] == [True, False, True, False]
+    assert len(set(before)) == len(runs)

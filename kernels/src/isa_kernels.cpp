@@ -296,6 +296,15 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
     // "AVX2 register block of 4 pixels").
     static constexpr int kLanes = 4, kVectors = 2, kPixels = 4;
     using Vec = __m256i;
+    // The counts are added into the accumulator's own register by an asm vpaddb: from the plain
+    // intrinsic GCC 12 writes most sums to a temporary and copies them back (5 vmovdqa per step of
+    // the 4 x 2 block, and 3 accumulators spilled to the stack), which cost more than the copies'
+    // share of the instructions on AMD Zen 1, where every 256-bit operation issues as two
+    // (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
+        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(byte_popcount(d[0])));
+        return acc;
+    }
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
     static Vec xor_words(Vec a, Vec b) { return _mm256_xor_si256(a, b); }

@@ -116,6 +116,24 @@ def test_conv_matches_pytorch_on_every_isa(case, isa):
 
 
 @each_isa
+@pytest.mark.parametrize("signs", ["disagree", "agree"])
+def test_byte_counters_at_their_largest_counts(signs, isa):
+    """Every input sign against every weight sign (or with it) over 3 x 3 x 1024 channels: the
+    kernels' per-byte counters take their largest count on every reduction step (8 per step for
+    whole words, 4 for nibble parts) for hundreds of steps, so a counter folded too late
+    overflows here, where random signs would stay far below it."""
+    c, m = 1024, 8
+    x = -np.ones((1, c, 5, 6), np.float32)  # every bit 1
+    w_signs = np.full((m, c, 3, 3), 1.0 if signs == "disagree" else -1.0, np.float32)
+    ones, zeros = np.ones(m, np.float32), np.zeros(m, np.float32)
+    expected = torch_conv(x, w_signs, ones, zeros, (1, 1), (1, 1, 1, 1), (1, 1))
+    d = runtime.session(conv_model(x.shape, w_signs, ones, zeros, pads=(1, 1, 1, 1)), threads=1, isa=isa).run(
+        None, {"X": x})[0]
+    assert abs(expected).max() == 9 * c
+    np.testing.assert_array_equal(d, expected, err_msg=f"integer D differs on {isa}")
+
+
+@each_isa
 @pytest.mark.parametrize("features,rows_shape", [(3, (1,)), (64, (4,)), (65, (2, 3)), (300, (5,)), (1024, (2,))])
 def test_linear_matches_pytorch_on_every_isa(features, rows_shape, isa):
     rng = np.random.default_rng(features)

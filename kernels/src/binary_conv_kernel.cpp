@@ -48,11 +48,13 @@ void prepare_weights(const ConvConfig& config, const IsaKernels* kernels, const 
                 weights.tap_popcount[m * taps + t] += __builtin_popcountll(words[(m * taps + t) * cw + i]);
     if (kernels == nullptr) return;  // the reference path reads the original layout
     const int64_t block = kernels->channels_per_block;
+    const int64_t parts = kernels->word_parts;
     weights.out_channels_padded = (out_channels + block - 1) / block * block;
-    weights.blocked.assign(weights.out_channels_padded * steps, 0);
+    weights.blocked.assign(weights.out_channels_padded * steps * parts, 0);
     for (int64_t m = 0; m < out_channels; ++m)
-        for (int64_t k = 0; k < steps; ++k)
-            weights.blocked[((m / block) * steps + k) * block + m % block] = words[m * steps + k];
+        for (int64_t k = 0; k < steps * parts; ++k)
+            weights.blocked[((m / block) * steps * parts + k) * block + m % block] =
+                kernels->word_part(words[m * steps + k / parts], static_cast<int>(k % parts));
 }
 
 struct TensorView {
@@ -208,7 +210,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
         return;
     }
     // Checked on every path, before any table or buffer is built.
-    const ConvShape shape = conv_shape(config_, height, width);
+    const ConvShape shape = conv_shape(config_, height, width, kernels_ == nullptr ? 1 : kernels_->word_parts);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
     const Residuals residuals{
         {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
@@ -262,7 +264,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t block_groups = (pixel_blocks + blocks_per_group - 1) / blocks_per_group;
     ParallelConv conv{kernels_,
                       ConvArgs{packed.data(), packed_image_words, weights->blocked.data(),
-                               config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
+                               config_.taps() * shape.pixel_words, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
                                geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
                                weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
                                out_image_stride, out_channel_stride, out_pixel_stride, residuals},

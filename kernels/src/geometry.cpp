@@ -60,31 +60,32 @@ std::vector<int32_t> validity_classes(int64_t out, int64_t in, int64_t pad, int6
 
 }  // namespace
 
-ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width) {
+ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width, int64_t word_parts) {
     ConvShape s;
     s.height = height;
     s.width = width;
     s.out_h = output_size(c, "height", height, c.pad_top, c.pad_bottom, c.kernel_h, c.stride_h, c.dilation_h, s.padded_h);
     s.out_w = output_size(c, "width", width, c.pad_left, c.pad_right, c.kernel_w, c.stride_w, c.dilation_w, s.padded_w);
+    s.pixel_words = c.channel_words() * word_parts;
     s.packed_image_words = checked_mul(c.op, "packed input words per image",
-                                       checked_mul(c.op, "padded input pixels", s.padded_h, s.padded_w), c.channel_words());
+                                       checked_mul(c.op, "padded input pixels", s.padded_h, s.padded_w), s.pixel_words);
     // BinaryLinear's "image" is its rows, as large as X itself; a convolution's padding is not.
     if (!c.linear && s.packed_image_words > kMaxPaddedImageWords)
-        fail(c.op, "the zero-padded input image ", s.padded_h, " x ", s.padded_w, " pixels x ", c.channel_words(),
+        fail(c.op, "the zero-padded input image ", s.padded_h, " x ", s.padded_w, " pixels x ", s.pixel_words,
              " words = ", s.packed_image_words, " packed words exceeds the limit of ", kMaxPaddedImageWords,
              " (input ", height, " x ", width, ", pads [", c.pad_top, ", ", c.pad_left, ", ", c.pad_bottom, ", ",
              c.pad_right, "])");
     return s;
 }
 
-// Every table index below is bounded by padded_h * padded_w * CW <= kMaxPaddedImageWords (or by
-// the size of X for BinaryLinear), so the offsets cannot overflow.
+// Every table index below is bounded by padded_h * padded_w * pixel_words <= kMaxPaddedImageWords
+// (or by the size of X times the word parts for BinaryLinear), so the offsets cannot overflow.
 std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvShape& shape,
                                               const std::vector<int64_t>& tap_popcount, int64_t out_channels,
                                               int64_t out_channels_padded) {
     auto g = std::make_shared<Geometry>();
     g->shape = shape;
-    const int64_t cw = c.channel_words();
+    const int64_t cw = shape.pixel_words;
 
     g->step_offsets.reserve(c.taps() * cw);
     for (int64_t kh = 0; kh < c.kernel_h; ++kh)

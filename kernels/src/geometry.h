@@ -20,11 +20,13 @@ struct ConvShape {
     int64_t height = -1, width = -1;  // the input size this is for
     int64_t out_h = 0, out_w = 0;
     int64_t padded_h = 0, padded_w = 0;
-    int64_t packed_image_words = 0;   // padded_h * padded_w * ceil(C/64)
+    int64_t pixel_words = 0;          // ceil(C/64) * word_parts: the packed words of one pixel
+    int64_t packed_image_words = 0;   // padded_h * padded_w * pixel_words
 };
 
 // Throws when the input is smaller than the dilated kernel or a size exceeds its limit.
-ConvShape conv_shape(const ConvConfig& config, int64_t height, int64_t width);
+// word_parts: the kernels' IsaKernels::word_parts (1 for the reference path).
+ConvShape conv_shape(const ConvConfig& config, int64_t height, int64_t width, int64_t word_parts);
 
 struct Geometry {
     ConvShape shape;

@@ -79,6 +79,9 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 //              popcounts of kGroup words (consecutive reduction steps of one pixel and one
 //              channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
 //              multiple of kGroup); flush adds it to a total;
+//   kWordParts / word_part  how the loop reads the words of 64 channels' signs: as stored
+//              (WholeWords, 1 part) or as kWordParts words each (NibblePartsCounting), in which
+//              case the packing and the weight preparation store word_part(w, 0 .. kWordParts - 1);
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
 //              pixel, and their transposed store into NCHW (each channel's pixels contiguous);
 //   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
@@ -90,14 +93,20 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 // that keeps running `ones`, `twos` and `fours` words and emits one `eights` word per group; only
 // that word is popcounted (nibble table lookup, vpshufb), into byte counters folded into 64-bit
 // lanes (vpsadbw) at flush. Per 8 words: 7 CSAs + 1 byte popcount, against 8 byte popcounts
-// (each 2 table lookups, a shift, 2 ands, 2 adds) for NibbleTableCounting below; the CSAs issue
+// (each 2 table lookups, a shift, 2 ands, 2 adds) for a nibble table per word; the CSAs issue
 // on every vector port, the lookups only on the shuffle port. `Ops` supplies Vec, zero, xor3,
 // majority, byte_popcount, add_bytes and add_byte_sums (total + (per-lane byte sum << shift)).
-// AVX2 keeps NibbleTableCounting: with 16 ymm registers the Harley-Seal state (4 per
-// accumulator) forces 2-accumulator blocks, and those measured slower on every ResNet layer
-// (K = 9 .. 72 steps) on the Zen 5 this was developed on.
+// AVX2 counts with the nibble table (NibblePartsCounting below): with 16 ymm registers the
+// Harley-Seal state (4 per accumulator) forces 2-accumulator blocks, and those measured slower
+// than a table per word on every ResNet layer (K = 9 .. 72 steps) on Zen 5 and below K = 72 on Zen 1.
+// The loop reads each 64-bit word of 64 channels as it is.
+struct WholeWords {
+    static constexpr int kWordParts = 1;
+    static uint64_t word_part(uint64_t word, int) { return word; }
+};
+
 template <typename Ops>
-struct HarleySealCounting {
+struct HarleySealCounting : WholeWords {
     using Vec = typename Ops::Vec;
     static constexpr int kGroup = 8;
     // `eights` counts <= 8 per byte per group: 31 groups stay below 256.
@@ -130,16 +139,25 @@ struct HarleySealCounting {
     }
 };
 
-// Counting every word with the nibble table: byte counts (<= 8 per step) in the accumulator,
-// folded into 64-bit lanes (vpsadbw) every 31 steps.
+// The nibble table on words stored as their nibbles: each 64-bit word w of 64 channels is
+// stored as two, its low nibbles w & 0x0f.. and its high nibbles (w >> 4) & 0x0f.. (activations
+// by the packing, weights when the kernel is created), so the xor of two parts has every byte
+// below 16 and is its own table index (vpshufb). Per 64 channels that is 2 xors, 2 lookups and 2
+// adds, against a xor, a shift, 2 ands, 2 lookups and 2 adds for the table on whole words, for
+// twice the activation broadcasts and weight loads: on AMD Zen 1, where the shift and the lookups
+// share two of the four vector pipes and every 256-bit operation issues as two, 3x3 layers ran
+// 12-15 % faster (benchmarks/RESULTS.md, "AVX2 counting on nibble parts"). Byte counts (<= 4 per
+// step) are folded into 64-bit lanes (vpsadbw) every 63 steps.
 template <typename Ops>
-struct NibbleTableCounting {
+struct NibblePartsCounting {
     using Vec = typename Ops::Vec;
+    static constexpr int kWordParts = 2;
+    static uint64_t word_part(uint64_t word, int part) { return (part == 0 ? word : word >> 4) & 0x0f0f0f0f0f0f0f0fULL; }
     static constexpr int kGroup = 1;
-    static constexpr int64_t kStepsPerFlush = 31;  // 31 * 8 < 256
+    static constexpr int64_t kStepsPerFlush = 63;  // 63 * 4 < 256
     using Acc = Vec;
     static Acc zero_acc() { return Ops::zero(); }
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return Ops::add_bytes(acc, Ops::byte_popcount(d[0])); }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return Ops::add_bytes(acc, Ops::nibble_popcount(d[0])); }
     static Vec flush(Vec total, Acc acc) { return Ops::add_byte_sums(total, acc, 0); }
 };
 
@@ -163,7 +181,7 @@ struct Avx512Words {
     }
 };
 #if defined(BINARIZE_ISA_AVX512)
-struct Avx512Counting {  // vpopcntq counts straight into 64-bit lanes
+struct Avx512Counting : WholeWords {  // vpopcntq counts straight into 64-bit lanes
     static constexpr int kGroup = 1;
     static constexpr int64_t kStepsPerFlush = INT64_MAX;
     using Acc = __m512i;
@@ -184,7 +202,7 @@ struct Isa : Avx512Words, Avx512Counting {
     // Harley-Seal state is 4 zmm per accumulator: 2 vectors x 8 lanes = 16 channels, times
     // 2 pixels = 16 zmm, + the group's 8 words, table, nibble mask and CSA temporaries (3 pixels
     // spill heavily). llvm-mca's Skylake-SP model puts this loop at 1.8 cycles per word against
-    // 3.7 for a nibble table per word (NibbleTableCounting): there vpshufb issues on one port.
+    // 3.7 for a nibble table per word: there vpshufb issues on one port.
     // (On Zen 5, where this path only runs when forced, the table is faster up to K = 36.)
     static constexpr int kLanes = 8, kVectors = 2, kPixels = 2;
 #endif
@@ -266,18 +284,10 @@ struct Isa : Avx512Words, Avx512Counting {
 struct Avx2Words {
     using Vec = __m256i;
     static Vec zero() { return _mm256_setzero_si256(); }
-    static Vec xor3(Vec a, Vec b, Vec c) { return _mm256_xor_si256(a, _mm256_xor_si256(b, c)); }
-    // (b & c) | (a & (b ^ c)): shares b ^ c with xor3(a, b, c), so a CSA is 5 ops.
-    static Vec majority(Vec a, Vec b, Vec c) {
-        return _mm256_or_si256(_mm256_and_si256(b, c), _mm256_and_si256(a, _mm256_xor_si256(b, c)));
-    }
-    static Vec byte_popcount(Vec v) {
-        const __m256i nibble_popcount = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-        const __m256i low_nibble = _mm256_set1_epi8(0x0f);
-        const __m256i lo = _mm256_shuffle_epi8(nibble_popcount, _mm256_and_si256(v, low_nibble));
-        const __m256i hi = _mm256_shuffle_epi8(nibble_popcount, _mm256_and_si256(_mm256_srli_epi16(v, 4), low_nibble));
-        return _mm256_add_epi8(lo, hi);
+    // The popcount of each byte of v, whose bytes are all below 16.
+    static Vec nibble_popcount(Vec v) {
+        return _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                                    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), v);
     }
     static Vec add_bytes(Vec a, Vec b) { return _mm256_add_epi8(a, b); }
     static Vec add_byte_sums(Vec total, Vec bytes, int shift) {
@@ -285,24 +295,22 @@ struct Avx2Words {
     }
 };
 
-struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
-    // 2 vectors x 4 lanes = 8 channels, times 4 pixels = 8 byte accumulators; with weights,
-    // broadcast, table, mask and temporaries that is more than the 16 ymm registers, and GCC 12
-    // keeps 3 accumulators on the stack (a store and a load each per step). 4 pixels still won
-    // over 3 on AMD Zen 1, where the loop is bound by its vector operations, not by loads and
-    // stores: equal on loop-bound layers, 4-17 % faster where the epilogue weighs (each channel's
-    // 4 pixels are one 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose), and
-    // 5-10 % fewer instructions (callgrind, 3x3 256@14 and 64@56) (benchmarks/RESULTS.md,
-    // "AVX2 register block of 4 pixels").
+struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
+    // 2 vectors x 4 lanes = 8 channels, times 4 pixels = 8 byte accumulators, + 2 weight
+    // vectors, the broadcast, the table and a temporary: 13 of the 16 ymm registers. 4 pixels won
+    // over 3 on AMD Zen 1: equal on loop-bound layers, 4-17 % faster where the epilogue weighs
+    // (each channel's 4 pixels are one 16-byte store and one 16-byte residual load, a whole 4 x 4
+    // transpose), and 5-10 % fewer instructions (callgrind, 3x3 256@14 and 64@56)
+    // (benchmarks/RESULTS.md, "AVX2 register block of 4 pixels").
     static constexpr int kLanes = 4, kVectors = 2, kPixels = 4;
     using Vec = __m256i;
     // The counts are added into the accumulator's own register by an asm vpaddb: from the plain
-    // intrinsic GCC 12 writes most sums to a temporary and copies them back (5 vmovdqa per step of
-    // the 4 x 2 block, and 3 accumulators spilled to the stack), which cost more than the copies'
-    // share of the instructions on AMD Zen 1, where every 256-bit operation issues as two
-    // (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    // intrinsic GCC 12 writes most sums to a temporary and copies them back (with the table on
+    // whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to the
+    // stack; on nibble parts 8 copies), and on AMD Zen 1 every 256-bit copy issues as two vector
+    // operations (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
-        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(byte_popcount(d[0])));
+        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(nibble_popcount(d[0])));
         return acc;
     }
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
@@ -385,7 +393,7 @@ struct Isa : Avx2Words, NibbleTableCounting<Avx2Words> {
 #elif defined(BINARIZE_ISA_NEON)
 #include "neon_isa.h"
 #else
-struct Isa {
+struct Isa : WholeWords {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.
     static constexpr int kLanes = 1, kVectors = 4, kPixels = 4;
     using Vec = uint64_t;
@@ -454,7 +462,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
         const int pixels = static_cast<int>(min_i64(kPackGroup, pixel_end - p0));
         uint64_t* dst[kPackGroup];  // each pixel's words in the padded buffer
         for (int p = 0; p < pixels; ++p) {
-            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words;
+            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words * Isa::kWordParts;
             if (++w == a.width) w = 0, ++h;
         }
         const float* src = a.input + p0 * a.pixel_stride;
@@ -475,7 +483,9 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
             } else {
                 pack_group_any_stride(a, src, pixels, cw, words);
             }
-            for (int p = 0; p < pixels; ++p) dst[p][cw] = words[p];
+            for (int p = 0; p < pixels; ++p)
+                for (int part = 0; part < Isa::kWordParts; ++part)
+                    dst[p][cw * Isa::kWordParts + part] = Isa::word_part(words[p], part);
         }
     }
 }
@@ -483,9 +493,11 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // ---------------------------------------------------------------------------------------------
 // THE HOT LOOP.
 //
-// Layouts (all 64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1):
-//   activations  [Hp][Wp][CW]       padded NHWC image, padding words are 0 (= sign +1);
-//   weights      [M/MB][K][MB]      K = KH*KW*CW reduction steps, k = (kh*KW + kw)*CW + cw;
+// Layouts (all 64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1; with
+// S = Isa::kWordParts > 1 each such word is stored as its S parts, Isa::word_part(word, s), one
+// after the other, and "word" below means one part):
+//   activations  [Hp][Wp][CW*S]     padded NHWC image, padding words are 0 (= sign +1);
+//   weights      [M/MB][K][MB]      K = KH*KW*CW*S reduction steps, k = ((kh*KW + kw)*CW + cw)*S + s;
 //                                   the MB words of one step are the MB output channels of the
 //                                   block, so one vector load feeds kLanes channels.
 // A reduction step k of output pixel q reads the activation word at
@@ -629,7 +641,8 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
 }  // namespace
 
 extern const IsaKernels kernels;
-const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, pack_pixels, conv_tile};
+const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, Isa::kWordParts, Isa::word_part, pack_pixels,
+                            conv_tile};
 
 }  // namespace BINARIZE_ISA_NAMESPACE
 }  // namespace binarize

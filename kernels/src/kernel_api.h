@@ -11,7 +11,8 @@
 namespace binarize {
 
 // Packing of one image's float activations into sign bits (bit 1 = negative), laid out
-// [Hp][Wp][CW] 64-bit words: the padded image, NHWC, channels packed 64 per word.
+// [Hp][Wp][CW * S] 64-bit words: the padded image, NHWC, channels packed 64 per word, each word
+// stored as the S parts the kernels' counting reads (IsaKernels::word_parts).
 struct PackArgs {
     const float* input;      // the image; pixel (h, w) channel c at input[c*channel_stride + (h*W + w)*pixel_stride]
     int64_t channels;        // C
@@ -20,7 +21,7 @@ struct PackArgs {
     int64_t height, width;   // H, W of the unpadded input
     uint64_t* packed;        // the image's packed buffer; padding words must already be zero
     int64_t padded_width;    // Wp
-    int64_t channel_words;   // CW = ceil(C / 64)
+    int64_t channel_words;   // CW = ceil(C / 64), the words of S parts each
     int64_t pad_top, pad_left;
     const float* threshold;  // [C]: channel c's bit is sign(x - threshold[c]) (BinaryConv2d v2); nullptr = 0
 };
@@ -38,10 +39,10 @@ struct Residuals {
 // IsaKernels::channels_per_block (MB); the weights are stored [M_padded / MB][K][MB] so that the
 // MB words of one reduction step k are contiguous (one vector load per lane group).
 struct ConvArgs {
-    const uint64_t* packed_input;   // [N][Hp][Wp][CW]
-    int64_t input_image_words;      // Hp * Wp * CW
+    const uint64_t* packed_input;   // [N][Hp][Wp][CW * S]
+    int64_t input_image_words;      // Hp * Wp * CW * S
     const uint64_t* packed_weights; // [M_padded / MB][K][MB], zero words for channels >= M
-    int64_t reduction_words;        // K = KH * KW * CW
+    int64_t reduction_words;        // K = KH * KW * CW * S
     const int64_t* step_offsets;    // [K]: word offset of reduction step k from a pixel's origin
     const int64_t* pixel_offsets;   // [Q]: word offset of output pixel q's receptive-field origin
     const int32_t* pixel_pattern;   // [Q]: padding pattern of output pixel q
@@ -64,6 +65,12 @@ struct IsaKernels {
     const char* name;
     int64_t channels_per_block;  // MB: output channels per register block
     int64_t pixels_per_block;    // P: output pixels per register block
+    // S: each 64-bit word of 64 channels' signs (of an activation pixel or a weight tap) is stored
+    // as S words, word_part(word, 0 .. S - 1), in the layouts above (the AVX2 counting reads a
+    // word's low and high nibbles apart; 1 elsewhere: the word itself). Popcounts are unchanged:
+    // the parts of a word hold its bits between them.
+    int64_t word_parts;
+    uint64_t (*word_part)(uint64_t word, int part);
     // Packs input pixels [pixel_begin, pixel_end) of one image (row-major pixel index h * W + w).
     void (*pack_pixels)(const PackArgs& args, int64_t pixel_begin, int64_t pixel_end);
     // Computes pixel blocks [block_begin, block_end) of image `image` for channel block `channel_block`.

@@ -8,13 +8,13 @@
 // NEON is baseline on AArch64 (every ARMv8-A CPU has it), so this path needs no run-time check.
 #pragma once
 
-struct Isa {
+struct Isa : WholeWords {
     // NEON counts bits per byte only (CNT): count into byte accumulators and widen to 64-bit
     // lanes (UADDLP chain) every kStepsPerFlush steps, as the AVX2 path does with vpsadbw.
     // 4 vectors x 2 lanes = 8 channels, times 4 pixels = 16 byte accumulators; with the 4
     // weight vectors, the broadcast and the xor/cnt temporaries that is ~24 of the 32 v-registers.
-    // (The accumulators are uint8x16_t, not reinterpreted uint64x2_t as the x86 Ops of
-    // NibbleTableCounting would have them: through the casts GCC 12 no longer keeps them in place
+    // (The accumulators are uint8x16_t, not reinterpreted uint64x2_t as the x86 byte-counting Ops
+    // would have them: through the casts GCC 12 no longer keeps them in place
     // and copies all 16 every step, which llvm-mca puts at ~30 % more cycles per step.)
     static constexpr int kLanes = 2, kVectors = 4, kPixels = 4;
     using Vec = uint64x2_t;

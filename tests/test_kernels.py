@@ -133,6 +133,29 @@ def test_byte_counters_at_their_largest_counts(signs, isa):
     np.testing.assert_array_equal(d, expected, err_msg=f"integer D differs on {isa}")
 
 
+@pytest.mark.skipif("avx2" not in ISAS, reason="this CPU cannot run the avx2 path")
+@pytest.mark.parametrize("pad", [5793, 8192])
+def test_padded_image_limit_counts_64_channel_words_on_every_path(pad):
+    """The operator's limit on the zero-padded packed image (SPEC.md: 2^28 words of 64 channels) is the
+    same on every path, though the avx2 path stores each word as two nibble parts: an image of 11,587^2
+    words (over half the limit) runs there (a 2 GiB buffer), one of 16,385^2 (over the limit) is refused
+    with the same message as on the reference path."""
+    side = 1 + 2 * pad
+    model = conv_model((1, 64, 1, 1), np.ones((2, 64, 1, 1), np.float32), np.ones(2, np.float32),
+                       np.array([0.5, -0.5], np.float32), stride=(side, side), pads=(pad, pad, pad, pad))
+    x = np.ones((1, 64, 1, 1), np.float32)
+    if side * side <= 2**28:
+        y = runtime.session(model, threads=1, isa="avx2").run(None, {"X": x})[0]
+        np.testing.assert_array_equal(y, np.array([0.5, -0.5], np.float32).reshape(1, 2, 1, 1))  # only padding taps
+    else:
+        messages = []
+        for isa in ("avx2", "reference"):
+            with pytest.raises(Exception, match="packed words exceeds the limit") as error:
+                runtime.session(model, threads=1, isa=isa).run(None, {"X": x})
+            messages.append(str(error.value))
+        assert messages[0] == messages[1]
+
+
 @each_isa
 @pytest.mark.parametrize("features,rows_shape", [(3, (1,)), (64, (4,)), (65, (2, 3)), (300, (5,)), (1024, (2,))])
 def test_linear_matches_pytorch_on_every_isa(features, rows_shape, isa):

@@ -66,20 +66,23 @@ ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width, int64_t
     s.width = width;
     s.out_h = output_size(c, "height", height, c.pad_top, c.pad_bottom, c.kernel_h, c.stride_h, c.dilation_h, s.padded_h);
     s.out_w = output_size(c, "width", width, c.pad_left, c.pad_right, c.kernel_w, c.stride_w, c.dilation_w, s.padded_w);
-    s.pixel_words = c.channel_words() * word_parts;
-    s.packed_image_words = checked_mul(c.op, "packed input words per image",
-                                       checked_mul(c.op, "padded input pixels", s.padded_h, s.padded_w), s.pixel_words);
+    const int64_t padded_pixels = checked_mul(c.op, "padded input pixels", s.padded_h, s.padded_w);
+    // The limit is the operator's (SPEC.md), in 64-channel words whatever the path stores them as.
+    const int64_t image_words = checked_mul(c.op, "packed input words per image", padded_pixels, c.channel_words());
     // BinaryLinear's "image" is its rows, as large as X itself; a convolution's padding is not.
-    if (!c.linear && s.packed_image_words > kMaxPaddedImageWords)
-        fail(c.op, "the zero-padded input image ", s.padded_h, " x ", s.padded_w, " pixels x ", s.pixel_words,
-             " words = ", s.packed_image_words, " packed words exceeds the limit of ", kMaxPaddedImageWords,
+    if (!c.linear && image_words > kMaxPaddedImageWords)
+        fail(c.op, "the zero-padded input image ", s.padded_h, " x ", s.padded_w, " pixels x ", c.channel_words(),
+             " words = ", image_words, " packed words exceeds the limit of ", kMaxPaddedImageWords,
              " (input ", height, " x ", width, ", pads [", c.pad_top, ", ", c.pad_left, ", ", c.pad_bottom, ", ",
              c.pad_right, "])");
+    s.pixel_words = c.channel_words() * word_parts;
+    s.packed_image_words = checked_mul(c.op, "packed input words per image", padded_pixels, s.pixel_words);
     return s;
 }
 
 // Every table index below is bounded by padded_h * padded_w * pixel_words <= kMaxPaddedImageWords
-// (or by the size of X times the word parts for BinaryLinear), so the offsets cannot overflow.
+// * word_parts (or by the size of X times the word parts for BinaryLinear), so the offsets cannot
+// overflow.
 std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvShape& shape,
                                               const std::vector<int64_t>& tap_popcount, int64_t out_channels,
                                               int64_t out_channels_padded) {

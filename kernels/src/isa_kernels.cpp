@@ -87,6 +87,12 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 //   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
 // ---------------------------------------------------------------------------------------------
 
+// The loop reads each 64-bit word of 64 channels as it is.
+struct WholeWords {
+    static constexpr int kWordParts = 1;
+    static uint64_t word_part(uint64_t word, int) { return word; }
+};
+
 // Counting without a vector popcount instruction, for AVX-512BW without VPOPCNTDQ (Skylake-SP,
 // Cascade Lake): Harley-Seal carry-save counting. The words of 8 consecutive steps go through a
 // tree of 7 carry-save adders (3 words in, their bitwise sum and carry out; 2 vpternlogq each)
@@ -99,12 +105,6 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 // AVX2 counts with the nibble table (NibblePartsCounting below): with 16 ymm registers the
 // Harley-Seal state (4 per accumulator) forces 2-accumulator blocks, and those measured slower
 // than a table per word on every ResNet layer (K = 9 .. 72 steps) on Zen 5 and below K = 72 on Zen 1.
-// The loop reads each 64-bit word of 64 channels as it is.
-struct WholeWords {
-    static constexpr int kWordParts = 1;
-    static uint64_t word_part(uint64_t word, int) { return word; }
-};
-
 template <typename Ops>
 struct HarleySealCounting : WholeWords {
     using Vec = typename Ops::Vec;
@@ -289,7 +289,15 @@ struct Avx2Words {
         return _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                                     0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), v);
     }
-    static Vec add_bytes(Vec a, Vec b) { return _mm256_add_epi8(a, b); }
+    // a + b per byte, added into a's register by an asm vpaddb: from the plain intrinsic GCC 12
+    // writes most of the loop's accumulator sums to a temporary and copies them back (with the
+    // table on whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to
+    // the stack), and on AMD Zen 1 every 256-bit copy issues as two vector operations
+    // (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    static Vec add_bytes(Vec a, Vec b) {
+        asm("vpaddb %1, %0, %0" : "+x"(a) : "x"(b));
+        return a;
+    }
     static Vec add_byte_sums(Vec total, Vec bytes, int shift) {
         return _mm256_add_epi64(total, _mm256_slli_epi64(_mm256_sad_epu8(bytes, zero()), shift));
     }
@@ -304,15 +312,6 @@ struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
     // (benchmarks/RESULTS.md, "AVX2 register block of 4 pixels").
     static constexpr int kLanes = 4, kVectors = 2, kPixels = 4;
     using Vec = __m256i;
-    // The counts are added into the accumulator's own register by an asm vpaddb: from the plain
-    // intrinsic GCC 12 writes most sums to a temporary and copies them back (with the table on
-    // whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to the
-    // stack; on nibble parts 8 copies), and on AMD Zen 1 every 256-bit copy issues as two vector
-    // operations (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
-        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(nibble_popcount(d[0])));
-        return acc;
-    }
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
     static Vec xor_words(Vec a, Vec b) { return _mm256_xor_si256(a, b); }

@@ -88,13 +88,13 @@ std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvSha
                                               int64_t out_channels_padded) {
     auto g = std::make_shared<Geometry>();
     g->shape = shape;
-    const int64_t cw = shape.pixel_words;
+    const int64_t words = shape.pixel_words;  // packed words per pixel, the parts of every channel word
 
-    g->step_offsets.reserve(c.taps() * cw);
+    g->step_offsets.reserve(c.taps() * words);
     for (int64_t kh = 0; kh < c.kernel_h; ++kh)
         for (int64_t kw = 0; kw < c.kernel_w; ++kw)
-            for (int64_t i = 0; i < cw; ++i)
-                g->step_offsets.push_back((kh * c.dilation_h * shape.padded_w + kw * c.dilation_w) * cw + i);
+            for (int64_t i = 0; i < words; ++i)
+                g->step_offsets.push_back((kh * c.dilation_h * shape.padded_w + kw * c.dilation_w) * words + i);
 
     std::vector<std::pair<int64_t, int64_t>> row_taps, col_taps;
     const auto row_class = validity_classes(shape.out_h, shape.height, c.pad_top, c.kernel_h, c.stride_h, c.dilation_h, row_taps);
@@ -104,7 +104,7 @@ std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvSha
     g->pixel_pattern.reserve(shape.out_h * shape.out_w);
     for (int64_t oh = 0; oh < shape.out_h; ++oh) {
         for (int64_t ow = 0; ow < shape.out_w; ++ow) {
-            g->pixel_offsets.push_back((oh * c.stride_h * shape.padded_w + ow * c.stride_w) * cw);
+            g->pixel_offsets.push_back((oh * c.stride_h * shape.padded_w + ow * c.stride_w) * words);
             g->pixel_pattern.push_back(static_cast<int32_t>(row_class[oh] * col_classes + col_class[ow]));
         }
     }

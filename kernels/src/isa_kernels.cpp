@@ -48,6 +48,13 @@ inline Residuals residuals_at(const Residuals& r, int64_t offset) {
             {r.relu[0], r.relu[1]}};
 }
 
+// The residuals with the tensors past the first kResiduals (Residuals::count) as compile-time nulls,
+// so that the stores of the epilogue carry no test for an absent one.
+template <int kResiduals>
+inline Residuals first_residuals(const Residuals& r) {
+    return {{kResiduals > 0 ? r.tensor[0] : nullptr, kResiduals > 1 ? r.tensor[1] : nullptr}, {r.relu[0], r.relu[1]}};
+}
+
 inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }
 
 // Stores an epilogue tile one float at a time: rows[p] holds pixel p's results for kLanes
@@ -252,7 +259,8 @@ struct Isa : Avx512Words, Avx512Counting {
                                                    : _mm256_setzero_ps();
                 __m512 r = _mm512_insertf32x8(_mm512_castps256_ps512(r0), r1, 1);
                 // max(0, r) returns r when r is NaN or -0 (its second operand): rectified()'s r < 0 ? 0 : r.
-                if (residuals.relu[k]) r = _mm512_max_ps(_mm512_setzero_ps(), r);
+                // (The maskz form, all lanes on: GCC 12's plain _mm512_max_ps trips -Wmaybe-uninitialized.)
+                if (residuals.relu[k]) r = _mm512_maskz_max_ps(0xffff, _mm512_setzero_ps(), r);
                 both = _mm512_add_ps(both, r);
             }
             _mm512_mask_storeu_ps(out + j * channel_stride, pixel_lanes, both);
@@ -576,8 +584,9 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
     }
 }
 
-// One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1.
-template <int NP>
+// One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1, with
+// the first kResiduals residuals.
+template <int NP, int kResiduals>
 void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
                 float* out_image, const Residuals& residual_image) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
@@ -611,8 +620,13 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
         // The residuals (v2, v3), laid out like the output, are added as the tile is stored.
         const int64_t vector_offset = v * Isa::kLanes * a.output_channel_stride;
         float* out_v = out + vector_offset;
-        const Residuals residual_v = residuals_at(residual_image, tile_offset + vector_offset);
-        if (a.output_pixel_stride == 1)
+        const Residuals residual_v = first_residuals<kResiduals>(residuals_at(residual_image, tile_offset + vector_offset));
+        // A whole tile (NP pixels, kLanes channels: all but those of a partial last pixel block or
+        // past channel M) passes its sizes as constants, which GCC folds into the inlined store:
+        // 3x3 64->64@56 took 8 % less time (benchmarks/RESULTS.md, "AVX2 epilogue with constant sizes").
+        if (a.output_pixel_stride == 1 && pixels == NP && channels == Isa::kLanes)
+            Isa::store_columns(out_v, residual_v, a.output_channel_stride, rows, NP, Isa::kLanes);
+        else if (a.output_pixel_stride == 1)
             Isa::store_columns(out_v, residual_v, a.output_channel_stride, rows, pixels, channels);
         else
             store_tile_one_by_one<Isa::kLanes>(out_v, residual_v, a.output_channel_stride, a.output_pixel_stride, rows,
@@ -620,7 +634,8 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
     }
 }
 
-void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
+template <int kResiduals>
+void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
     const uint64_t* packed_image = a.packed_input + image * a.input_image_words;
     const uint64_t* weights = a.packed_weights + channel_block * a.reduction_words * kBlockChannels;
     const int64_t m0 = channel_block * kBlockChannels;
@@ -631,9 +646,17 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);
         const int pixels = static_cast<int>(min_i64(full ? kBlockPixels : kBlockPixels - 1, a.output_pixels - q0));
         if (full)
-            conv_block<kBlockPixels>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
         else
-            conv_block<kBlockPixels - 1>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels - 1, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+    }
+}
+
+void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
+    switch (a.residuals.count()) {
+        case 0: return conv_blocks<0>(a, image, channel_block, block_begin, block_end);
+        case 1: return conv_blocks<1>(a, image, channel_block, block_begin, block_end);
+        default: return conv_blocks<2>(a, image, channel_block, block_begin, block_end);
     }
 }
 

@@ -1,7 +1,7 @@
 """The evidence report: one command regenerates accuracy/ablation tables with the papers' claims
 checked, BiPer's quantization-error figure, and speed, size and training-cost tables, with plots.
 
-    python benchmarks/report.py              # full report: 198 runs (about 3 h of process time on Zen 5, 9 on Zen 1)
+    python benchmarks/report.py              # full report: 198 runs (about 3 h of process time on Zen 5, 8 on Zen 1)
     python benchmarks/report.py --from-cache # the report from the runs cached so far, training nothing
     python benchmarks/report.py --smoke      # tiny version (CI), under a minute
 

@@ -212,10 +212,10 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     // Checked on every path, before any table or buffer is built.
     const ConvShape shape = conv_shape(config_, height, width, kernels_ == nullptr ? 1 : kernels_->word_parts);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
-    const Residuals residuals = Residuals{
+    const Residuals residuals{
         {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
          optional_float_input(ctx, 6, config_.op, "residual2", out_shape, "exactly the shape of Y")},
-        {config_.residual_relu[0], config_.residual_relu[1]}}.with_present_first();
+        {config_.residual_relu[0], config_.residual_relu[1]}};
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const int64_t pixels = shape.out_h * shape.out_w;
     if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables

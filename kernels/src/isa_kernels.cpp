@@ -48,8 +48,8 @@ inline Residuals residuals_at(const Residuals& r, int64_t offset) {
             {r.relu[0], r.relu[1]}};
 }
 
-// The residuals with the tensors past the first kResiduals (Residuals::count) as compile-time nulls,
-// so that the stores of the epilogue carry no test for an absent one.
+// The residuals with the slots past the first kResiduals (Residuals::slots) as compile-time nulls,
+// so that the stores of the epilogue carry no test for them.
 template <int kResiduals>
 inline Residuals first_residuals(const Residuals& r) {
     return {{kResiduals > 0 ? r.tensor[0] : nullptr, kResiduals > 1 ? r.tensor[1] : nullptr}, {r.relu[0], r.relu[1]}};
@@ -585,7 +585,7 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 }
 
 // One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1, with
-// the first kResiduals residuals.
+// the first kResiduals residual slots.
 template <int NP, int kResiduals>
 void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
                 float* out_image, const Residuals& residual_image) {
@@ -653,7 +653,7 @@ void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_
 }
 
 void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
-    switch (a.residuals.count()) {
+    switch (a.residuals.slots()) {
         case 0: return conv_blocks<0>(a, image, channel_block, block_begin, block_end);
         case 1: return conv_blocks<1>(a, image, channel_block, block_begin, block_end);
         default: return conv_blocks<2>(a, image, channel_block, block_begin, block_end);

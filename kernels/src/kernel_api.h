@@ -29,19 +29,14 @@ struct PackArgs {
 // What the epilogue adds to the result, in this order: Y = ((multiplier * D + bias) + f0(R0)) + f1(R1)
 // with Rk = tensor[k] laid out like the output (nullptr: not added) and fk(r) = (r < 0 ? 0 : r)
 // where relu[k] (a ReLU that keeps NaN), else r. BinaryConv2d / BinaryLinear v2 have R0 only,
-// v3 adds R1 and the ReLUs (attribute residual_relu). The present tensors come first (tensor[1]
-// only with tensor[0]; with_present_first): the ISA kernels specialise on their count.
+// v3 adds R1 and the ReLUs (attribute residual_relu).
 struct Residuals {
     const float* tensor[2];
     bool relu[2];
 
-    int count() const { return tensor[0] == nullptr ? 0 : tensor[1] == nullptr ? 1 : 2; }
-    // The same sum with R1 moved into the empty first place (a node may leave input 5 empty and
-    // give input 6): y + f(R) is y + f(R) in either place.
-    Residuals with_present_first() const {
-        if (tensor[0] != nullptr || tensor[1] == nullptr) return *this;
-        return {{tensor[1], nullptr}, {relu[1], false}};
-    }
+    // The slots in use, 0 .. 2 (a node may give input 6 and leave input 5 empty: 2, the first one
+    // null). The ISA kernels specialise their epilogue on it.
+    int slots() const { return tensor[1] != nullptr ? 2 : tensor[0] != nullptr ? 1 : 0; }
 };
 
 // One binary convolution over packed activations. Output channels are processed in blocks of

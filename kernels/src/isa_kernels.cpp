@@ -204,14 +204,14 @@ struct Isa : Avx512Words, Avx512Counting {
 #if defined(BINARIZE_ISA_AVX512)
     // 4 vectors x 8 lanes = 32 output channels, times 6 pixels = 24 zmm accumulators
     // + 4 weight vectors + 1 broadcast: 29 of the 32 zmm registers.
-    static constexpr int kLanes = 8, kVectors = 4, kPixels = 6;
+    static constexpr int kLanes = 8, kVectors = 4, kPixels = 6, kLoopPixels = kPixels;
 #else
     // Harley-Seal state is 4 zmm per accumulator: 2 vectors x 8 lanes = 16 channels, times
     // 2 pixels = 16 zmm, + the group's 8 words, table, nibble mask and CSA temporaries (3 pixels
     // spill heavily). llvm-mca's Skylake-SP model puts this loop at 1.8 cycles per word against
     // 3.7 for a nibble table per word: there vpshufb issues on one port.
     // (On Zen 5, where this path only runs when forced, the table is faster up to K = 36.)
-    static constexpr int kLanes = 8, kVectors = 2, kPixels = 2;
+    static constexpr int kLanes = 8, kVectors = 2, kPixels = 2, kLoopPixels = kPixels;
 #endif
     using Vec = __m512i;
     static Vec load(const uint64_t* p) { return _mm512_loadu_si512(p); }
@@ -312,13 +312,16 @@ struct Avx2Words {
 };
 
 struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
-    // 2 vectors x 4 lanes = 8 channels, times 4 pixels = 8 byte accumulators, + 2 weight
-    // vectors, the broadcast, the table and a temporary: 13 of the 16 ymm registers. 4 pixels won
-    // over 3 on AMD Zen 1: equal on loop-bound layers, 4-17 % faster where the epilogue weighs
-    // (each channel's 4 pixels are one 16-byte store and one 16-byte residual load, a whole 4 x 4
-    // transpose), and 5-10 % fewer instructions (callgrind, 3x3 256@14 and 64@56)
-    // (benchmarks/RESULTS.md, "AVX2 register block of 4 pixels").
-    static constexpr int kLanes = 4, kVectors = 2, kPixels = 4;
+    // The loop's register block: 4 vectors x 4 lanes = 16 channels, times 2 pixels = 8 byte
+    // accumulators, + the broadcast, the table and a temporary (the weights are memory operands
+    // of vpxor): 11 of the 16 ymm registers. Per step that is 2 broadcasts for 8 lookups, against
+    // 4 for 8 with 4 pixels x 8 channels, and on AMD Zen 1 each 256-bit broadcast takes vector
+    // pipe time like the counting: 3x3 layers took 6-11 % less time, 15 % fewer instructions
+    // (benchmarks/RESULTS.md, "AVX2 register block of 2 pixels x 16 channels").
+    // The epilogue's tile stays 4 pixels (two register blocks): each channel's 4 pixels are one
+    // 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose, which was 4-17 %
+    // faster than 3 pixels where the epilogue weighs ("AVX2 register block of 4 pixels").
+    static constexpr int kLanes = 4, kVectors = 4, kPixels = 4, kLoopPixels = 2;
     using Vec = __m256i;
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
@@ -402,7 +405,7 @@ struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
 #else
 struct Isa : WholeWords {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.
-    static constexpr int kLanes = 1, kVectors = 4, kPixels = 4;
+    static constexpr int kLanes = 1, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
     using Vec = uint64_t;
     static Vec load(const uint64_t* p) { return *p; }
     static Vec broadcast(uint64_t w) { return w; }
@@ -512,12 +515,13 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // i.e. the receptive field is walked through a precomputed offset table (an indirect
 // convolution): no im2col buffer, any stride/dilation, one code path.
 //
-// Register blocking: NP pixels x MB channels of popcount accumulators stay in registers for the
-// whole reduction; per step we load kVectors weight vectors and broadcast each pixel's
-// activation word, xor them, and add the NP*kVectors popcounts (Isa::add_popcounts, kGroup steps
-// at a time). Everything is integer; the float
-// transform happens once per output in the epilogue. NP is P, or P - 1 for the blocks that let
-// the pixel count be tiled exactly (ConvArgs::full_blocks).
+// Register blocking: a tile is NP pixels x MB channels; its pixels are counted Isa::kLoopPixels
+// (<= NP) at a time, whose kLoopPixels x MB popcount accumulators stay in registers for the whole
+// reduction; per step we load kVectors weight vectors and broadcast each pixel's activation
+// word, xor them, and add the kLoopPixels*kVectors popcounts (Isa::add_popcounts, kGroup steps
+// at a time). Everything is integer; the float transform happens once per output in the
+// epilogue, a tile at a time. NP is P, or P - 1 for the tiles that let the pixel count be tiled
+// exactly (ConvArgs::full_blocks).
 //
 // Padding: the padded buffer makes every tap readable, but a padded tap has to contribute 0,
 // not +/-1 per channel. Reading a 0 word there adds popcount(weight word) to the total, so the
@@ -530,7 +534,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // kGroup is the tail of a reduction that is not a multiple of kGroup: the missing words are
 // compile-time zeros, which the compiler folds out of the carry-save tree.
 template <int NP, int kValid>
-inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* image, const int64_t* pixel_offsets,
+inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&pixels)[NP],
                       const int64_t* step_offsets, const uint64_t* weights, int64_t k) {
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p)
@@ -539,7 +543,7 @@ inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_
             typename Isa::Vec d[Isa::kGroup];
 #pragma GCC unroll 8
             for (int g = 0; g < Isa::kGroup; ++g)
-                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(image[step_offsets[k + g] + pixel_offsets[p]]),
+                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(pixels[p][step_offsets[k + g]]),
                                                    Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
                                   : Isa::zero();
             acc[p][v] = Isa::add_popcounts(acc[p][v], d);
@@ -548,23 +552,26 @@ inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_
 
 // The tail group of `valid` (1 .. kValid) steps.
 template <int NP, int kValid>
-inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* image, const int64_t* pixel_offsets,
+inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&pixels)[NP],
                      const int64_t* step_offsets, const uint64_t* weights, int64_t k, int64_t valid) {
     if constexpr (kValid > 0) {
         if (valid == kValid)
-            add_group<NP, kValid>(acc, image, pixel_offsets, step_offsets, weights, k);
+            add_group<NP, kValid>(acc, pixels, step_offsets, weights, k);
         else
-            add_tail<NP, kValid - 1>(acc, image, pixel_offsets, step_offsets, weights, k, valid);
+            add_tail<NP, kValid - 1>(acc, pixels, step_offsets, weights, k, valid);
     }
 }
 
 template <int NP>
 inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
-                           int64_t steps, const uint64_t* weights, typename Isa::Vec (&total)[NP][Isa::kVectors]) {
+                           int64_t steps, const uint64_t* weights, typename Isa::Vec (*total)[Isa::kVectors]) {
+    const uint64_t* pixels[NP];  // each pixel's receptive field starts here
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p)
+    for (int p = 0; p < NP; ++p) {
+        pixels[p] = image + pixel_offsets[p];
 #pragma GCC unroll 8
         for (int v = 0; v < Isa::kVectors; ++v) total[p][v] = Isa::zero();
+    }
 
     for (int64_t k0 = 0; k0 < steps; k0 += Isa::kStepsPerFlush) {
         const int64_t k1 = k0 + min_i64(Isa::kStepsPerFlush, steps - k0);
@@ -575,8 +582,8 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
             for (int v = 0; v < Isa::kVectors; ++v) acc[p][v] = Isa::zero_acc();
         int64_t k = k0;
         for (; k + Isa::kGroup <= k1; k += Isa::kGroup)
-            add_group<NP, Isa::kGroup>(acc, image, pixel_offsets, step_offsets, weights, k);
-        add_tail<NP, Isa::kGroup - 1>(acc, image, pixel_offsets, step_offsets, weights, k, k1 - k);
+            add_group<NP, Isa::kGroup>(acc, pixels, step_offsets, weights, k);
+        add_tail<NP, Isa::kGroup - 1>(acc, pixels, step_offsets, weights, k, k1 - k);
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
@@ -584,8 +591,19 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
     }
 }
 
-// One register block: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1, with
-// the first kResiduals residual slots.
+// The totals of a tile's NP pixels, counted Isa::kLoopPixels pixels at a time: the loop's register
+// block may hold fewer pixels than the epilogue's tile (AVX2: 2 of 4).
+template <int NP, int kFirst = 0>
+inline void popcount_tile(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
+                          int64_t steps, const uint64_t* weights, typename Isa::Vec (&total)[NP][Isa::kVectors]) {
+    constexpr int kCount = NP - kFirst < Isa::kLoopPixels ? NP - kFirst : Isa::kLoopPixels;
+    popcount_block<kCount>(image, pixel_offsets + kFirst, step_offsets, steps, weights, total + kFirst);
+    if constexpr (kFirst + kCount < NP)
+        popcount_tile<NP, kFirst + kCount>(image, pixel_offsets, step_offsets, steps, weights, total);
+}
+
+// One tile: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1, with the first
+// kResiduals residual slots.
 template <int NP, int kResiduals>
 void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
                 float* out_image, const Residuals& residual_image) {
@@ -599,7 +617,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
         bases[p] = a.pattern_base + a.pixel_pattern[q] * a.out_channels_padded + m0;
     }
     typename Isa::Vec total[NP][Isa::kVectors];
-    popcount_block<NP>(image, offsets, a.step_offsets, a.reduction_words, weights, total);
+    popcount_tile<NP>(image, offsets, a.step_offsets, a.reduction_words, weights, total);
 
     // Epilogue: exact integer D (|D| <= KH*KW*C < 2^31, checked when the kernel is created),
     // then the fused per-channel transform in float, vectorized over the channels of each

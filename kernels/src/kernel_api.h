@@ -67,8 +67,8 @@ struct ConvArgs {
 
 struct IsaKernels {
     const char* name;
-    int64_t channels_per_block;  // MB: output channels per register block
-    int64_t pixels_per_block;    // P: output pixels per register block
+    int64_t channels_per_block;  // MB: output channels per tile (and per register block)
+    int64_t pixels_per_block;    // P: output pixels per tile (the epilogue's; a register block may hold fewer)
     // S: each 64-bit word of 64 channels' signs (of an activation pixel or a weight tap) is stored
     // as S words, word_part(word, 0 .. S - 1), in the layouts above (the AVX2 counting reads a
     // word's low and high nibbles apart; 1 elsewhere: the word itself). Popcounts are unchanged:

@@ -567,13 +567,11 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
                            int64_t steps, const uint64_t* weights, typename Isa::Vec (*total)[Isa::kVectors]) {
     const uint64_t* pixels[NP];  // each pixel's receptive field starts here
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) {
-        pixels[p] = image + pixel_offsets[p];
-#pragma GCC unroll 8
-        for (int v = 0; v < Isa::kVectors; ++v) total[p][v] = Isa::zero();
-    }
+    for (int p = 0; p < NP; ++p) pixels[p] = image + pixel_offsets[p];
 
-    for (int64_t k0 = 0; k0 < steps; k0 += Isa::kStepsPerFlush) {
+    // Every reduction has a step (K >= 1), and the first flush starts the totals: no zeros stored and added.
+    int64_t k0 = 0;
+    do {
         const int64_t k1 = k0 + min_i64(Isa::kStepsPerFlush, steps - k0);
         typename Isa::Acc acc[NP][Isa::kVectors];
 #pragma GCC unroll 8
@@ -587,8 +585,10 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-            for (int v = 0; v < Isa::kVectors; ++v) total[p][v] = Isa::flush(total[p][v], acc[p][v]);
-    }
+            for (int v = 0; v < Isa::kVectors; ++v)
+                total[p][v] = Isa::flush(k0 == 0 ? Isa::zero() : total[p][v], acc[p][v]);
+        k0 = k1;
+    } while (k0 < steps);
 }
 
 // The totals of a tile's NP pixels, counted Isa::kLoopPixels pixels at a time: the loop's register

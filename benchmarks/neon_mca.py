@@ -3,11 +3,10 @@
     python benchmarks/neon_mca.py          (needs aarch64-linux-gnu-g++ and llvm-mca-19)
 
 Compiles kernels/src/isa_kernels.cpp for aarch64 as the library build does (-O3, per ISA), takes
-the hot loop of the 4-pixel register block (conv_block<4>: the innermost loop that holds the
-`cnt` instructions, one reduction step per iteration) and asks llvm-mca for its steady-state
-cycles per iteration on each CPU model. One iteration handles pixels x channels x 64 bit products
-(neon: 4 x 8, scalar: 4 x 4), so bits/cycle = that / cycles. llvm-19 is needed for the
-Neoverse/Cortex-A55 models (llvm-14 silently substitutes a Cortex-A57).
+the hot loop of the 4-pixel register block (of a tile without residuals: the innermost loop that
+holds the `cnt` instructions, one reduction step per iteration) and asks llvm-mca for its
+steady-state cycles per iteration on each CPU model. One iteration handles pixels x channels x 64 bit products (neon: 4 x 8, scalar: 4 x 4), so bits/cycle = that / cycles. llvm-19
+is needed for the Neoverse/Cortex-A55 models (llvm-14 silently substitutes a Cortex-A57).
 """
 from __future__ import annotations
 
@@ -24,9 +23,15 @@ ISAS = {"neon": ("BINARIZE_ISA_NEON", 8, 4), "scalar": ("BINARIZE_ISA_SCALAR", 4
 
 
 def hot_loop(assembly: str, isa: str) -> str:
-    """The innermost `cnt` loop of conv_block<4> (from its label to the branch back to it)."""
-    function = re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4EE\S*:$(.*?)\.size", assembly, re.M | re.S)
+    """The innermost `cnt` loop of the 4-pixel tile without residuals (from its label to the branch
+    back to it): in conv_block<4, 0>, or in conv_blocks<0> where GCC inlines the tiles there (the
+    scalar path), whose 4-pixel loop is the one with the most `cnt` instructions."""
+    function = (re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4ELi0EE\S*:$(.*?)\.size", assembly, re.M | re.S)
+                or re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blocksILi0EE\S*:$(.*?)\.size", assembly, re.M | re.S))
+    if function is None:
+        raise RuntimeError(f"neither conv_block<4, 0> nor conv_blocks<0> found for {isa}")
     lines = function.group(1).splitlines()
+    loops = []
     for start, line in enumerate(lines):
         label = re.match(r"^(\.L\d+):$", line)
         if not label:
@@ -35,9 +40,11 @@ def hot_loop(assembly: str, isa: str) -> str:
             if re.match(rf"^\s+b(\.\w+|ne|eq|gt|lt|hi|lo|cc|cs)?\s+{re.escape(label.group(1))}$", lines[end]):
                 body = lines[start + 1:end + 1]
                 if any("\tcnt\t" in b for b in body) and not any(re.match(r"^\.L\d+:$", b) for b in body):
-                    return "\n".join(body) + "\n"
+                    loops.append("\n".join(body) + "\n")
                 break
-    raise RuntimeError(f"no cnt loop found in conv_block<4> for {isa}")
+    if not loops:
+        raise RuntimeError(f"no cnt loop found in the 4-pixel tile for {isa}")
+    return max(loops, key=lambda loop: loop.count("\tcnt\t"))
 
 
 def main() -> None:

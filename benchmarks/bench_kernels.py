@@ -22,7 +22,11 @@ the core clock, which is measured here by timing a chain of dependent integer ad
 cycle on every x86 core; compiled with the system C compiler). Next to it, per path, the same on
 a loop-bound layer (3x3, 512 -> 512 channels on 12x12: 4608 MACs per output and per packed input
 float, so the inner loop takes nearly all of its time while its weights, 288 KiB, stay in L2): the
-measured throughput of the inner loop in place, the practical limit of each path. Instruction counts: benchmarks/callgrind_kernels.py.
+measured throughput of the inner loop in place, the practical limit of each path. And the "step
+limit": the loop's step alone (LOOP_STEPS: its broadcasts, xors, popcounts and adds as the library's
+compiled loop has them, in registers and L1, compiled here), the most its instruction mix allows on
+this core, measured for the avx2 and avx512 paths where the CPU runs them. Instruction counts:
+benchmarks/callgrind_kernels.py.
 """
 from __future__ import annotations
 
@@ -199,6 +203,72 @@ def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
     return 64 * iterations / best / 1e9
 
 
+def _step_asm(broadcast, load_weights, count, pixels, vectors, register, first_acc, temps, lane_bytes):
+    """One reduction step of a register block as GCC compiles the path's loop: per pixel a broadcast
+    of its activation word, per vector a xor with the weights (memory operands, or registers loaded
+    once per step), a popcount and an add into the block's accumulator."""
+    lines, temp = [], 0
+    if load_weights:
+        lines += [f"vmovdqu64 {lane_bytes * v}(%[w]), %%{register}{28 + v}" for v in range(vectors)]
+    for p in range(pixels):
+        lines.append(f"{broadcast} {8 * p}(%[a]), %%{register}1")
+        for v in range(vectors):
+            t = temps[temp % len(temps)]
+            temp += 1
+            weights = f"%%{register}{28 + v}" if load_weights else f"{lane_bytes * v}(%[w])"
+            acc = first_acc + p * vectors + v
+            lines += [f"vpxor{'q' if register == 'zmm' else ''} {weights}, %%{register}1, %%{register}{t}",
+                      *count(f"%%{register}{t}"), f"{'vpaddq' if register == 'zmm' else 'vpaddb'} %%{register}{t}, %%{register}{acc}, %%{register}{acc}"]
+    return "\\n\\t".join(lines)
+
+
+# The inner loop's step alone, per path that has one here: (compiler flags, asm of one step, vector
+# registers it writes, binary MACs per step). avx2: 2 pixels x 4 vectors of nibble parts (a lookup
+# counts 32 bytes x 4 bits), weights as memory operands; avx512: 6 pixels x 4 vectors of 8 words
+# (vpopcntq), the 4 weight vectors loaded once per step.
+LOOP_STEPS = {
+    "avx2": (["-mavx2"], _step_asm("vpbroadcastq", False, lambda t: [f"vpshufb {t}, %%ymm0, {t}"], 2, 4, "ymm", 4,
+                                   [12, 13, 14], 32), 16, 2 * 4 * 32 * 4),
+    "avx512": (["-mavx512f", "-mavx512vpopcntdq"],
+               _step_asm("vpbroadcastq", True, lambda t: [f"vpopcntq {t}, {t}"], 6, 4, "zmm", 4, [0, 2, 3], 64), 32,
+               6 * 4 * 512),
+}
+LOOP_STEP_SOURCE = """
+#include <stdint.h>
+/* 4 steps per iteration, on registers and L1 (activations and weights never change address). */
+void loop_steps(uint64_t iterations, const void* activations, const void* weights) {
+    for (uint64_t i = 0; i < iterations; ++i)
+        __asm__ volatile("STEP\\n\\tSTEP\\n\\tSTEP\\n\\tSTEP" :: [a] "r"(activations), [w] "r"(weights) : CLOBBERS);
+}
+"""
+
+
+def measure_step_limit(isa: str, ghz: float, workdir: Path, iterations=20_000, repeats=40):
+    """Binary MACs per cycle of the path's loop step alone (LOOP_STEPS): the throughput its instruction
+    mix allows on this core, above the loop-bound layer's, which adds each register block's setup and
+    flushes. None for a path without a step here, one this CPU cannot run, or without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if isa not in LOOP_STEPS or isa not in available_isas() or compiler is None:
+        return None
+    flags, step, registers, macs = LOOP_STEPS[isa]
+    source, library = workdir / f"steps_{isa}.c", workdir / f"steps_{isa}.so"
+    clobbers = ", ".join(f'"xmm{r}"' for r in range(registers))
+    source.write_text(LOOP_STEP_SOURCE.replace("STEP", step).replace("CLOBBERS", clobbers))
+    if subprocess.run([compiler, "-O2", "-shared", "-fPIC", *flags, str(source), "-o", str(library)],
+                      capture_output=True).returncode != 0:
+        return None
+    loop_steps = ctypes.CDLL(str(library)).loop_steps
+    loop_steps.argtypes, loop_steps.restype = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p], None
+    buffer = np.zeros(1024, np.uint64)
+    address = buffer.ctypes.data
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loop_steps(iterations, address, address + 4096)
+        best = min(best, time.perf_counter() - start)
+    return 4 * iterations * macs / (best * ghz * 1e9)
+
+
 def plain_session(model, threads) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -277,15 +347,20 @@ def print_macs_per_cycle(isas, times, rng, runs):
     c, size = LOOP_BOUND_LAYER
     feed = {"X": rng.standard_normal((1, c, size, size)).astype(np.float32)}
     loop_bound = median_us([runtime.session(binary_model(c, size, rng), threads=1, isa=isa) for isa in isas], feed, runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        step_limits = [measure_step_limit(isa, ghz, Path(tmp)) for isa in isas]
     per_cycle = lambda macs, us: macs / (us * 1e-6 * ghz * 1e9)  # noqa: E731
     print(f"\nbinary MACs per cycle, 1 thread (clock {ghz:.2f} GHz, from a dependent-add chain); "
-          f"'loop limit': the {c}@{size}x{size} loop-bound layer (median of {runs} runs)")
-    print(f"{'path':<10}" + "".join(f"{f'{l}@{s}x{s}':>12}" for l, s in times) + f"{'loop limit':>12}{'256@14 / limit':>16}")
-    for isa, limit_us in zip(isas, loop_bound):
+          f"'loop limit': the {c}@{size}x{size} loop-bound layer (median of {runs} runs); "
+          f"'step limit': the loop's step alone, in registers and L1")
+    print(f"{'path':<10}" + "".join(f"{f'{l}@{s}x{s}':>12}" for l, s in times) + f"{'loop limit':>12}{'step limit':>12}"
+          f"{'256@14 / limit':>16}")
+    for isa, limit_us, step_limit in zip(isas, loop_bound, step_limits):
         limit = per_cycle(binary_macs(c, size), limit_us)
         achieved = [per_cycle(binary_macs(l, s), layer[isa]) for (l, s), layer in times.items()]
-        share = f"{achieved[[l for l, _ in times].index(256)] / limit:>15.0%}" if (256, 14) in times else ""
-        print(f"{isa:<10}" + "".join(f"{a:>12.0f}" for a in achieved) + f"{limit:>12.0f}" + share)
+        share = f"{achieved[[l for l, _ in times].index(256)] / limit:>16.0%}" if (256, 14) in times else ""
+        step = f"{step_limit:>12.0f}" if step_limit is not None else f"{'-':>12}"
+        print(f"{isa:<10}" + "".join(f"{a:>12.0f}" for a in achieved) + f"{limit:>12.0f}" + step + share)
 
 if __name__ == "__main__":
     main()

@@ -316,8 +316,9 @@ struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
     // accumulators, + the broadcast, the table and a temporary (the weights are memory operands
     // of vpxor): 11 of the 16 ymm registers. Per step that is 2 broadcasts for 8 lookups, against
     // 4 for 8 with 4 pixels x 8 channels, and on AMD Zen 1 each 256-bit broadcast takes vector
-    // pipe time like the counting: 3x3 layers took 6-11 % less time, 15 % fewer instructions
-    // (benchmarks/RESULTS.md, "AVX2 register block of 2 pixels x 16 channels").
+    // pipe time like the counting: with the pixel pointers and the first flush (popcount_block),
+    // 3x3 layers took 7-11 % less time and 18-19 % fewer instructions (benchmarks/RESULTS.md,
+    // "AVX2 register block of 2 pixels x 16 channels").
     // The epilogue's tile stays 4 pixels (two register blocks): each channel's 4 pixels are one
     // 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose, which was 4-17 %
     // faster than 3 pixels where the epilogue weighs ("AVX2 register block of 4 pixels").

@@ -103,6 +103,21 @@ def build_models(workdir: Path, calibration_images: int, name: str, method: str,
     return paths
 
 
+def convert_options(parser: argparse.ArgumentParser, items: list) -> dict:
+    """binarize.convert keyword arguments from repeated ``--convert KEY=VALUE`` (VALUE a Python
+    literal, else a string)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--convert {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
 def op_type_profiles(paths: dict, feed: dict, threads: int, runs: int, workdir: Path, isa: str) -> dict:
     """{label: [(op type, ms per inference, share)], largest first} from ONNX Runtime's profiler,
     the models' runs interleaved (as the timings) so that a change in load hits them alike."""
@@ -201,15 +216,7 @@ def main():
     parser.add_argument("--convert", action="append", default=[], metavar="KEY=VALUE",
                         help="a binarize.convert option, e.g. shortcut=conv (repeatable)")
     args = parser.parse_args()
-    options = {}
-    for item in args.convert:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--convert {item!r}: expected KEY=VALUE")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
+    options = convert_options(parser, args.convert)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,6 +7,7 @@ measured; a model that fails to convert or export gets its error in the table in
 
     python benchmarks/bench_zoo.py --runs 30 --results benchmarks/RESULTS.md
     python benchmarks/bench_zoo.py --models resnet18 mobilenet_v2 --method bireal
+    python benchmarks/bench_zoo.py --models vit_b_16 --convert binarize_linear=True --runs 5
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 import onnx
 
 from bench_kernels import median_us  # benchmarks/ is on sys.path when this script runs
-from bench_models import INPUT_SHAPE, build_models, cpu_name
+from bench_models import INPUT_SHAPE, build_models, convert_options, cpu_name
 from binarize.kernels import available_isas
 from binarize.runtime import session
 
@@ -32,10 +33,10 @@ HEADER = ("| model | binary layers (float convs / fc) | binary MB | float MB | i
           "float ms | int8 ms | speed-up vs float | vs int8 |")
 
 
-def measure(name: str, method: str, runs: int, calibration_images: int, workdir: Path) -> str:
-    """One Markdown row for model ``name``."""
+def measure(name: str, method: str, options: dict, runs: int, calibration_images: int, workdir: Path) -> str:
+    """One Markdown row for model ``name``, converted with ``options``."""
     start = time.perf_counter()
-    paths = build_models(workdir, calibration_images, name, method, {}, False)
+    paths = build_models(workdir, calibration_images, name, method, options, False)
     sizes = {label: path.stat().st_size / 1e6 for label, path in paths.items()}
     feed = {session(paths["binary"]).get_inputs()[0].name:
             np.random.default_rng(1).standard_normal(INPUT_SHAPE).astype(np.float32)}
@@ -56,20 +57,24 @@ def main():
     parser.add_argument("--runs", type=int, default=30, help="timed runs per model and session")
     parser.add_argument("--calibration-images", type=int, default=2, help="for the int8 model's quantize_static")
     parser.add_argument("--results", type=Path, help="append the table as Markdown to this file")
+    parser.add_argument("--convert", action="append", default=[], metavar="KEY=VALUE",
+                        help="a binarize.convert option for every model, e.g. binarize_linear=True (repeatable)")
     args = parser.parse_args()
+    options = convert_options(parser, args.convert)
     rows = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     print("\n".join(rows), flush=True)
     for name in args.models:
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = measure(name, args.method, args.runs, args.calibration_images, Path(tmp))
+                row = measure(name, args.method, options, args.runs, args.calibration_images, Path(tmp))
             except Exception as error:  # reported in the table: the point is to see which models fail
                 row = f"| {name} | failed: {type(error).__name__}: {str(error).splitlines()[0][:160]} |"
         rows.append(row)
         print(row, flush=True)
     if args.results:
         command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-        text = ["", f"## Model zoo ({args.method}, 1 thread, 224x224, batch 1)", "",
+        text = ["", f"## Model zoo ({args.method}{''.join(f', {k}={v}' for k, v in options.items())}, 1 thread, "
+                    f"224x224, batch 1)", "",
                 f"Machine: {cpu_name()}; binary kernel path: {available_isas()[0]}. Command, from the repository "
                 f"root:", "", f"    {command}", "", *rows, ""]
         with open(args.results, "a") as results:

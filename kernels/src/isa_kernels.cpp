@@ -535,7 +535,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // kGroup is the tail of a reduction that is not a multiple of kGroup: the missing words are
 // compile-time zeros, which the compiler folds out of the carry-save tree.
 template <int NP, int kValid>
-inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&pixels)[NP],
+inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&fields)[NP],
                       const int64_t* step_offsets, const uint64_t* weights, int64_t k) {
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p)
@@ -544,7 +544,7 @@ inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_
             typename Isa::Vec d[Isa::kGroup];
 #pragma GCC unroll 8
             for (int g = 0; g < Isa::kGroup; ++g)
-                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(pixels[p][step_offsets[k + g]]),
+                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(fields[p][step_offsets[k + g]]),
                                                    Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
                                   : Isa::zero();
             acc[p][v] = Isa::add_popcounts(acc[p][v], d);
@@ -553,22 +553,22 @@ inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_
 
 // The tail group of `valid` (1 .. kValid) steps.
 template <int NP, int kValid>
-inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&pixels)[NP],
+inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&fields)[NP],
                      const int64_t* step_offsets, const uint64_t* weights, int64_t k, int64_t valid) {
     if constexpr (kValid > 0) {
         if (valid == kValid)
-            add_group<NP, kValid>(acc, pixels, step_offsets, weights, k);
+            add_group<NP, kValid>(acc, fields, step_offsets, weights, k);
         else
-            add_tail<NP, kValid - 1>(acc, pixels, step_offsets, weights, k, valid);
+            add_tail<NP, kValid - 1>(acc, fields, step_offsets, weights, k, valid);
     }
 }
 
 template <int NP>
 inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
                            int64_t steps, const uint64_t* weights, typename Isa::Vec (*total)[Isa::kVectors]) {
-    const uint64_t* pixels[NP];  // each pixel's receptive field starts here
+    const uint64_t* fields[NP];  // each pixel's receptive field starts here
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p) pixels[p] = image + pixel_offsets[p];
+    for (int p = 0; p < NP; ++p) fields[p] = image + pixel_offsets[p];
 
     // Every reduction has a step (K >= 1), and the first flush starts the totals: no zeros stored and added.
     int64_t k0 = 0;
@@ -581,8 +581,8 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
             for (int v = 0; v < Isa::kVectors; ++v) acc[p][v] = Isa::zero_acc();
         int64_t k = k0;
         for (; k + Isa::kGroup <= k1; k += Isa::kGroup)
-            add_group<NP, Isa::kGroup>(acc, pixels, step_offsets, weights, k);
-        add_tail<NP, Isa::kGroup - 1>(acc, pixels, step_offsets, weights, k, k1 - k);
+            add_group<NP, Isa::kGroup>(acc, fields, step_offsets, weights, k);
+        add_tail<NP, Isa::kGroup - 1>(acc, fields, step_offsets, weights, k, k1 - k);
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8

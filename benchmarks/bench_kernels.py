@@ -181,29 +181,46 @@ uint64_t add_chain(uint64_t iterations, uint64_t step) {
 """
 
 
-def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
-    """Core clock from a dependent add chain (latency 1 cycle); the fastest of `repeats` short
-    (~2 ms) timings, the ones least disturbed by other jobs and by time slicing on a shared
-    machine (longer chains measured 1.7 instead of 4.1 GHz there). None without a C compiler."""
+def compiled_function(workdir: Path, stem: str, name: str, source: str, argtypes: list, restype, flags=()):
+    """Function `name` of C `source`, compiled here into `stem`.so with the system C compiler (-O2 and
+    `flags`; one stem per source: the loader reuses a path it has opened) and loaded with ctypes;
+    None without a compiler or when it fails."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    source, library = workdir / "add_chain.c", workdir / "add_chain.so"
-    source.write_text(ADD_CHAIN_SOURCE)
-    if subprocess.run([compiler, "-O2", "-shared", "-fPIC", str(source), "-o", str(library)],
+    source_path, library = workdir / f"{stem}.c", workdir / f"{stem}.so"
+    source_path.write_text(source)
+    if subprocess.run([compiler, "-O2", "-shared", "-fPIC", *flags, str(source_path), "-o", str(library)],
                       capture_output=True).returncode != 0:
         return None
-    add_chain = ctypes.CDLL(str(library)).add_chain
-    add_chain.argtypes, add_chain.restype = [ctypes.c_uint64, ctypes.c_uint64], ctypes.c_uint64
+    function = getattr(ctypes.CDLL(str(library)), name)
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
+def fastest_seconds(call, repeats: int) -> float:
+    """The fastest of `repeats` timings of call(): on a shared machine, the one least disturbed by
+    other jobs and by time slicing."""
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        add_chain(iterations, 1)
+        call()
         best = min(best, time.perf_counter() - start)
-    return 64 * iterations / best / 1e9
+    return best
 
 
-def _step_asm(broadcast, load_weights, count, pixels, vectors, register, first_acc, temps, lane_bytes):
+def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
+    """Core clock from a dependent add chain (latency 1 cycle); the fastest of `repeats` short
+    (~2 ms) timings (longer chains measured 1.7 instead of 4.1 GHz on a shared machine). None
+    without a C compiler."""
+    add_chain = compiled_function(workdir, "add_chain", "add_chain", ADD_CHAIN_SOURCE,
+                                  [ctypes.c_uint64, ctypes.c_uint64], ctypes.c_uint64)
+    if add_chain is None:
+        return None
+    return 64 * iterations / fastest_seconds(lambda: add_chain(iterations, 1), repeats) / 1e9
+
+
+def _step_asm(broadcast, xor, count, add, load_weights, pixels, vectors, register, first_acc, temps, lane_bytes):
     """One reduction step of a register block as GCC compiles the path's loop: per pixel a broadcast
     of its activation word, per vector a xor with the weights (memory operands, or registers loaded
     once per step), a popcount and an add into the block's accumulator."""
@@ -213,12 +230,11 @@ def _step_asm(broadcast, load_weights, count, pixels, vectors, register, first_a
     for p in range(pixels):
         lines.append(f"{broadcast} {8 * p}(%[a]), %%{register}1")
         for v in range(vectors):
-            t = temps[temp % len(temps)]
+            t = f"%%{register}{temps[temp % len(temps)]}"
             temp += 1
             weights = f"%%{register}{28 + v}" if load_weights else f"{lane_bytes * v}(%[w])"
-            acc = first_acc + p * vectors + v
-            lines += [f"vpxor{'q' if register == 'zmm' else ''} {weights}, %%{register}1, %%{register}{t}",
-                      *count(f"%%{register}{t}"), f"{'vpaddq' if register == 'zmm' else 'vpaddb'} %%{register}{t}, %%{register}{acc}, %%{register}{acc}"]
+            acc = f"%%{register}{first_acc + p * vectors + v}"
+            lines += [f"{xor} {weights}, %%{register}1, {t}", *count(t), f"{add} {t}, {acc}, {acc}"]
     return "\\n\\t".join(lines)
 
 
@@ -227,11 +243,11 @@ def _step_asm(broadcast, load_weights, count, pixels, vectors, register, first_a
 # counts 32 bytes x 4 bits), weights as memory operands; avx512: 6 pixels x 4 vectors of 8 words
 # (vpopcntq), the 4 weight vectors loaded once per step.
 LOOP_STEPS = {
-    "avx2": (["-mavx2"], _step_asm("vpbroadcastq", False, lambda t: [f"vpshufb {t}, %%ymm0, {t}"], 2, 4, "ymm", 4,
-                                   [12, 13, 14], 32), 16, 2 * 4 * 32 * 4),
+    "avx2": (["-mavx2"], _step_asm("vpbroadcastq", "vpxor", lambda t: [f"vpshufb {t}, %%ymm0, {t}"], "vpaddb", False,
+                                   2, 4, "ymm", 4, [12, 13, 14], 32), 16, 2 * 4 * 32 * 4),
     "avx512": (["-mavx512f", "-mavx512vpopcntdq"],
-               _step_asm("vpbroadcastq", True, lambda t: [f"vpopcntq {t}, {t}"], 6, 4, "zmm", 4, [0, 2, 3], 64), 32,
-               6 * 4 * 512),
+               _step_asm("vpbroadcastq", "vpxorq", lambda t: [f"vpopcntq {t}, {t}"], "vpaddq", True, 6, 4, "zmm", 4,
+                         [0, 2, 3], 64), 32, 6 * 4 * 512),
 }
 LOOP_STEP_SOURCE = """
 #include <stdint.h>
@@ -247,26 +263,19 @@ def measure_step_limit(isa: str, ghz: float, workdir: Path, iterations=20_000, r
     """Binary MACs per cycle of the path's loop step alone (LOOP_STEPS): the throughput its instruction
     mix allows on this core, above the loop-bound layer's, which adds each register block's setup and
     flushes. None for a path without a step here, one this CPU cannot run, or without a C compiler."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if isa not in LOOP_STEPS or isa not in available_isas() or compiler is None:
+    if isa not in LOOP_STEPS or isa not in available_isas():
         return None
     flags, step, registers, macs = LOOP_STEPS[isa]
-    source, library = workdir / f"steps_{isa}.c", workdir / f"steps_{isa}.so"
     clobbers = ", ".join(f'"xmm{r}"' for r in range(registers))
-    source.write_text(LOOP_STEP_SOURCE.replace("STEP", step).replace("CLOBBERS", clobbers))
-    if subprocess.run([compiler, "-O2", "-shared", "-fPIC", *flags, str(source), "-o", str(library)],
-                      capture_output=True).returncode != 0:
+    source = LOOP_STEP_SOURCE.replace("STEP", step).replace("CLOBBERS", clobbers)
+    loop_steps = compiled_function(workdir, f"steps_{isa}", "loop_steps", source,
+                                   [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p], None, flags)
+    if loop_steps is None:
         return None
-    loop_steps = ctypes.CDLL(str(library)).loop_steps
-    loop_steps.argtypes, loop_steps.restype = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p], None
     buffer = np.zeros(1024, np.uint64)
     address = buffer.ctypes.data
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        loop_steps(iterations, address, address + 4096)
-        best = min(best, time.perf_counter() - start)
-    return 4 * iterations * macs / (best * ghz * 1e9)
+    seconds = fastest_seconds(lambda: loop_steps(iterations, address, address + 4096), repeats)
+    return 4 * iterations * macs / (seconds * ghz * 1e9)
 
 
 def plain_session(model, threads) -> ort.InferenceSession:

@@ -220,34 +220,37 @@ def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
     return 64 * iterations / fastest_seconds(lambda: add_chain(iterations, 1), repeats) / 1e9
 
 
-def _step_asm(broadcast, xor, count, add, load_weights, pixels, vectors, register, first_acc, temps, lane_bytes):
-    """One reduction step of a register block as GCC compiles the path's loop: per pixel a broadcast
-    of its activation word, per vector a xor with the weights (memory operands, or registers loaded
-    once per step), a popcount and an add into the block's accumulator."""
+def _step_asm(activation, activation_bytes, compare, count, add, weight_load, pixels, vectors, register, first_acc,
+              temps, lane_bytes, first_weight):
+    """One reduction step of a register block as GCC compiles the path's loop: per pixel a load of its
+    activation (`activation`: a broadcast word, or AVX2's 16-byte count table), per vector its
+    comparison with the weights (`compare`: a xor, or the table lookup; the weights are registers
+    loaded once per step by `weight_load`, or memory operands where it is None), `count` (a
+    popcount, or nothing after a lookup) and an add into the block's accumulator."""
     lines, temp = [], 0
-    if load_weights:
-        lines += [f"vmovdqu64 {lane_bytes * v}(%[w]), %%{register}{28 + v}" for v in range(vectors)]
+    if weight_load:
+        lines += [f"{weight_load} {lane_bytes * v}(%[w]), %%{register}{first_weight + v}" for v in range(vectors)]
     for p in range(pixels):
-        lines.append(f"{broadcast} {8 * p}(%[a]), %%{register}1")
+        lines.append(f"{activation} {activation_bytes * p}(%[a]), %%{register}1")
         for v in range(vectors):
             t = f"%%{register}{temps[temp % len(temps)]}"
             temp += 1
-            weights = f"%%{register}{28 + v}" if load_weights else f"{lane_bytes * v}(%[w])"
+            weights = f"%%{register}{first_weight + v}" if weight_load else f"{lane_bytes * v}(%[w])"
             acc = f"%%{register}{first_acc + p * vectors + v}"
-            lines += [f"{xor} {weights}, %%{register}1, {t}", *count(t), f"{add} {t}, {acc}, {acc}"]
+            lines += [f"{compare} {weights}, %%{register}1, {t}", *count(t), f"{add} {t}, {acc}, {acc}"]
     return "\\n\\t".join(lines)
 
 
 # The inner loop's step alone, per path that has one here: (compiler flags, asm of one step, vector
-# registers it writes, binary MACs per step). avx2: 2 pixels x 4 vectors of nibble parts (a lookup
-# counts 32 bytes x 4 bits), weights as memory operands; avx512: 6 pixels x 4 vectors of 8 words
-# (vpopcntq), the 4 weight vectors loaded once per step.
+# registers it writes, binary MACs per step). avx2: 4 pixels x 2 vectors of 32 channels, a lookup in
+# each pixel's count table per 32 channels x 4 inputs, the 2 weight vectors loaded once per step;
+# avx512: 6 pixels x 4 vectors of 8 words (vpopcntq), the 4 weight vectors loaded once per step.
 LOOP_STEPS = {
-    "avx2": (["-mavx2"], _step_asm("vpbroadcastq", "vpxor", lambda t: [f"vpshufb {t}, %%ymm0, {t}"], "vpaddb", False,
-                                   2, 4, "ymm", 4, [12, 13, 14], 32), 16, 2 * 4 * 32 * 4),
+    "avx2": (["-mavx2"], _step_asm("vbroadcasti128", 16, "vpshufb", lambda t: [], "vpaddb", "vmovdqu", 4, 2, "ymm", 2,
+                                   [10, 11, 14], 32, 12), 16, 4 * 2 * 32 * 4),
     "avx512": (["-mavx512f", "-mavx512vpopcntdq"],
-               _step_asm("vpbroadcastq", "vpxorq", lambda t: [f"vpopcntq {t}, {t}"], "vpaddq", True, 6, 4, "zmm", 4,
-                         [0, 2, 3], 64), 32, 6 * 4 * 512),
+               _step_asm("vpbroadcastq", 8, "vpxorq", lambda t: [f"vpopcntq {t}, {t}"], "vpaddq", "vmovdqu64", 6, 4,
+                         "zmm", 4, [0, 2, 3], 64, 28), 32, 6 * 4 * 512),
 }
 LOOP_STEP_SOURCE = """
 #include <stdint.h>

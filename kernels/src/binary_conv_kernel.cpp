@@ -1,6 +1,7 @@
 #include "binary_conv_kernel.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "errors.h"
@@ -38,7 +39,6 @@ void prepare_weights(const ConvConfig& config, const IsaKernels* kernels, const 
                      int64_t out_channels, Weights& weights) {
     const int64_t cw = config.channel_words();
     const int64_t taps = config.taps();
-    const int64_t steps = taps * cw;
     weights.original = words;
     weights.out_channels = out_channels;
     weights.tap_popcount.assign(out_channels * taps, 0);
@@ -48,13 +48,10 @@ void prepare_weights(const ConvConfig& config, const IsaKernels* kernels, const 
                 weights.tap_popcount[m * taps + t] += __builtin_popcountll(words[(m * taps + t) * cw + i]);
     if (kernels == nullptr) return;  // the reference path reads the original layout
     const int64_t block = kernels->channels_per_block;
-    const int64_t parts = kernels->word_parts;
     weights.out_channels_padded = (out_channels + block - 1) / block * block;
-    weights.blocked.assign(weights.out_channels_padded * steps * parts, 0);
-    for (int64_t m = 0; m < out_channels; ++m)
-        for (int64_t k = 0; k < steps * parts; ++k)
-            weights.blocked[((m / block) * steps * parts + k) * block + m % block] =
-                kernels->word_part(words[m * steps + k / parts], static_cast<int>(k % parts));
+    const int64_t bytes = weights.out_channels_padded * taps * cw * kernels->word_steps * kernels->weight_step_bytes;
+    weights.blocked.assign((bytes + 7) / 8, 0);
+    kernels->block_weights(words, out_channels, taps * cw, weights.blocked.data());
 }
 
 struct TensorView {
@@ -86,49 +83,96 @@ const float* optional_float_input(Ort::KernelContext& ctx, size_t index, const c
 // Work split for ORT's thread pool: one task packs a run of kPackTaskPixels input pixels of one
 // image, one task computes a run of pixel blocks of one image for one output channel block.
 constexpr int64_t kPackTaskPixels = 512;  // a multiple of the kernels' 16-pixel packing group
+// An image is packed and convolved in bands of output pixels whose packed input takes about this
+// much (half of a 512 KiB L2 cache): each band's input is packed just before the band is computed,
+// so the convolution reads it from the cache the packing wrote it to, where packing the whole
+// image first evicted it (the avx2 path's count tables take 4 bytes per input channel).
+constexpr int64_t kBandBytes = 256 * 1024;
 
 struct ParallelPack {
     const IsaKernels* kernels;
-    PackArgs args;
-    int64_t tasks_per_image;
-    int64_t image_input_stride;  // floats
-    int64_t image_packed_words;
+    PackArgs args;         // of one image
+    int64_t begin, end;    // its input pixels to pack
     static void run(void* self_ptr, size_t task) {
         const auto* self = static_cast<const ParallelPack*>(self_ptr);
-        const int64_t image = static_cast<int64_t>(task) / self->tasks_per_image;
-        const int64_t begin = static_cast<int64_t>(task) % self->tasks_per_image * kPackTaskPixels;
-        PackArgs args = self->args;
-        args.input += image * self->image_input_stride;
-        args.packed += image * self->image_packed_words;
-        self->kernels->pack_pixels(args, begin, std::min(begin + kPackTaskPixels, args.height * args.width));
+        const int64_t begin = self->begin + static_cast<int64_t>(task) * kPackTaskPixels;
+        self->kernels->pack_pixels(self->args, begin, std::min(begin + kPackTaskPixels, self->end));
     }
 };
 
 struct ParallelConv {
     const IsaKernels* kernels;
     ConvArgs args;
-    int64_t channel_blocks, pixel_blocks, block_groups, blocks_per_group;
+    int64_t image, channel_blocks, pixel_blocks, first_group, blocks_per_group;
     static void run(void* self_ptr, size_t task) {
         const auto* self = static_cast<const ParallelConv*>(self_ptr);
         const int64_t t = static_cast<int64_t>(task);
         const int64_t channel_block = t % self->channel_blocks;
-        const int64_t group = (t / self->channel_blocks) % self->block_groups;
-        const int64_t image = t / (self->channel_blocks * self->block_groups);
-        const int64_t begin = group * self->blocks_per_group;
+        const int64_t begin = (self->first_group + t / self->channel_blocks) * self->blocks_per_group;
         const int64_t end = std::min(begin + self->blocks_per_group, self->pixel_blocks);
-        self->kernels->conv_tile(self->args, image, channel_block, begin, end);
+        self->kernels->conv_tile(self->args, self->image, channel_block, begin, end);
     }
 };
 
+// The largest packed activation buffer a call allocates (1 GiB), see Compute.
+constexpr int64_t kMaxPackedWords = int64_t{1} << 27;
+// The largest one kept for the calling thread's later calls (64 MiB).
+constexpr int64_t kReusedPackedWords = int64_t{1} << 23;
+
+// `words` packed words for one call: the calling thread's buffer, reused from call to call up to
+// kReusedPackedWords (the pack tasks on other threads write into it), else `call_buffer`. A new
+// buffer per call is fresh memory from the system when it is large, and this VM's page faults
+// made the avx2 path's 162 KB count tables of a 512@7 layer cost 1.7x the convolution's time
+// (benchmarks/RESULTS.md, "AVX2 counting by activation count tables").
+uint64_t* packed_buffer(int64_t words, std::vector<uint64_t>& call_buffer) {
+    thread_local std::vector<uint64_t> reused;
+    std::vector<uint64_t>& buffer = words <= kReusedPackedWords ? reused : call_buffer;
+    if (static_cast<int64_t>(buffer.size()) < words) buffer.resize(static_cast<size_t>(words));
+    return buffer.data();
+}
+
+// Zeroes the padding pixels of one packed image (the packing writes every other word).
+void zero_padding(uint64_t* image, const ConvShape& shape, int64_t height, int64_t width, int64_t pad_top, int64_t pad_left) {
+    const int64_t row_words = shape.padded_w * shape.pixel_words;
+    for (int64_t row = 0; row < shape.padded_h; ++row) {
+        uint64_t* r = image + row * row_words;
+        if (row < pad_top || row >= pad_top + height) {
+            std::fill(r, r + row_words, 0);
+        } else {
+            std::fill(r, r + pad_left * shape.pixel_words, 0);
+            std::fill(r + (pad_left + width) * shape.pixel_words, r + row_words, 0);
+        }
+    }
+}
+
 // Aim for enough tasks to balance a few threads without making each task tiny.
 constexpr int64_t kTargetTasksPerImage = 64;
+
+// The kernels of path `isa` for a layer. The avx2 path counts with activation count tables (4
+// bytes per input channel and pixel, written by the packing) where the kernel has several taps,
+// each table read once per tap; in a 1 x 1 layer it counts on nibble parts, whose packed input is
+// 1/16 of the tables. On AMD Zen 3 the tables took 0.67-0.81 of the nibble parts' time in 1x1
+// layers with M >= 2 C run alone (1.10-1.30 below), but 0.89-1.34 in ResNet-50, whose layers read
+// their input and weights cold from L3 (benchmarks/RESULTS.md, "AVX2 counting by activation count
+// tables"). BINARIZE_AVX2_COUNTING = tables or nibbles forces one (the tests run both).
+const IsaKernels* layer_kernels(Isa isa, const ConvConfig& config) {
+    if (isa != Isa::avx2) return isa_kernels(isa);
+    bool tables = config.taps() > 1;
+    if (const char* forced = std::getenv("BINARIZE_AVX2_COUNTING"); forced != nullptr && *forced != '\0') {
+        const std::string counting = forced;
+        if (counting != "tables" && counting != "nibbles")
+            fail(config.op, "BINARIZE_AVX2_COUNTING=", counting, " is not a counting of the avx2 path (tables, nibbles)");
+        tables = counting == "tables";
+    }
+    return tables ? isa_kernels(isa) : avx2_nibble_kernels();
+}
 
 }  // namespace
 
 BinaryConvKernel::BinaryConvKernel(const OrtApi& api, const OrtKernelInfo* info, bool linear, Isa isa)
     : config_(linear ? read_linear_config(api, info) : read_conv_config(api, info)),
       isa_(isa),
-      kernels_(isa_kernels(isa_)) {
+      kernels_(layer_kernels(isa_, config_)) {
     int is_constant = 0;
     const OrtValue* value = nullptr;
     Ort::ThrowOnError(api.KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value));
@@ -210,7 +254,8 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
         return;
     }
     // Checked on every path, before any table or buffer is built.
-    const ConvShape shape = conv_shape(config_, height, width, kernels_ == nullptr ? 1 : kernels_->word_parts);
+    const ConvShape shape = conv_shape(config_, height, width, kernels_ == nullptr ? 1 : kernels_->word_steps,
+                                       kernels_ == nullptr ? 1 : kernels_->step_words);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
     const Residuals residuals{
         {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
@@ -227,7 +272,13 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t out_pixel_stride = config_.linear ? m : 1;
     const int64_t image_stride = config_.channels * height * width;
 
-    if (kernels_ == nullptr) {
+    // The packed activations of all images, in the path's layout (the avx2 count tables take 32
+    // words per 64 channels); beyond kMaxPackedWords, a rare shape (a huge padding or batch), the
+    // call runs on the reference path, which needs no packed buffer, instead of allocating it.
+    int64_t packed_words = 0;
+    const bool packed_too_large = kernels_ != nullptr &&
+        (__builtin_mul_overflow(images, shape.packed_image_words, &packed_words) || packed_words > kMaxPackedWords);
+    if (kernels_ == nullptr || packed_too_large) {
         ReferenceConvArgs r{x_data, images, config_.channels, height, width, image_stride, channel_stride, pixel_stride,
                             weights->original, m, config_.kernel_h, config_.kernel_w, config_.stride_h,
                             config_.stride_w, config_.pad_top, config_.pad_left, config_.dilation_h,
@@ -240,13 +291,10 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const std::shared_ptr<const Geometry> geometry = geometry_for(*weights, shape);
     const int64_t cw = config_.channel_words();
     const int64_t packed_image_words = shape.packed_image_words;
-    std::vector<uint64_t> packed(static_cast<size_t>(checked_mul(config_.op, "packed input words", images, packed_image_words)), 0);
-    const int64_t pack_tasks = (height * width + kPackTaskPixels - 1) / kPackTaskPixels;
-    ParallelPack pack{kernels_,
-                      PackArgs{x_data, config_.channels, channel_stride, pixel_stride, height, width, packed.data(),
-                               shape.padded_w, cw, config_.pad_top, config_.pad_left, threshold},
-                      pack_tasks, image_stride, packed_image_words};
-    ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>(images * pack_tasks), 0, &pack);
+    std::vector<uint64_t> call_buffer;
+    uint64_t* const packed = packed_buffer(packed_words, call_buffer);
+    for (int64_t image = 0; image < images; ++image)
+        zero_padding(packed + image * packed_image_words, shape, height, width, config_.pad_top, config_.pad_left);
 
     // The epilogue transforms whole channel blocks: pad multiplier and bias to M_padded.
     std::vector<float> block_multiplier(weights->out_channels_padded, 0.0f), block_bias(weights->out_channels_padded, 0.0f);
@@ -262,21 +310,50 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t full_blocks = short_blocks <= pixel_blocks ? pixel_blocks - short_blocks : pixel_blocks;
     const int64_t blocks_per_group = std::max<int64_t>(1, pixel_blocks * channel_blocks / kTargetTasksPerImage);
     const int64_t block_groups = (pixel_blocks + blocks_per_group - 1) / blocks_per_group;
-    ParallelConv conv{kernels_,
-                      ConvArgs{packed.data(), packed_image_words, weights->blocked.data(),
-                               config_.taps() * shape.pixel_words, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
-                               geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
-                               weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
-                               out_image_stride, out_channel_stride, out_pixel_stride, residuals},
-                      channel_blocks, pixel_blocks, block_groups, blocks_per_group};
-    ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>(images * block_groups * channel_blocks), 0, &conv);
+    const ConvArgs conv_args{packed, packed_image_words, weights->blocked.data(),
+                             config_.taps() * cw * kernels_->word_steps, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
+                             geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
+                             weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
+                             out_image_stride, out_channel_stride, out_pixel_stride, residuals};
+
+    // Bands of block groups: about kBandBytes of packed input rows each (BinaryLinear: of rows of X).
+    const int64_t input_row_bytes = (config_.linear ? 1 : width) * shape.pixel_words * 8;
+    const int64_t band_pixels = std::max<int64_t>(1, kBandBytes / input_row_bytes / config_.stride_h) * (config_.linear ? 1 : shape.out_w);
+    const int64_t band_groups = std::max<int64_t>(1, band_pixels / block_pixels / blocks_per_group);
+    // The input pixels (row-major) that output pixels [0, q_end) read.
+    auto input_pixels_for = [&](int64_t q_end) -> int64_t {
+        if (config_.linear) return q_end;
+        const int64_t last_row = (q_end - 1) / shape.out_w * config_.stride_h + (config_.kernel_h - 1) * config_.dilation_h - config_.pad_top;
+        return std::clamp<int64_t>(last_row + 1, 0, height) * width;
+    };
+    for (int64_t image = 0; image < images; ++image) {
+        const PackArgs pack_args{x_data + image * image_stride, config_.channels, channel_stride, pixel_stride, height, width,
+                                 packed + image * packed_image_words, shape.padded_w, cw, config_.pad_top, config_.pad_left,
+                                 threshold};
+        int64_t packed_pixels = 0;
+        for (int64_t g0 = 0; g0 < block_groups; g0 += band_groups) {
+            const int64_t g1 = std::min(block_groups, g0 + band_groups);
+            const int64_t block_end = std::min(pixel_blocks, g1 * blocks_per_group);
+            const int64_t q_end = std::min(pixels, block_end <= full_blocks ? block_end * block_pixels
+                                                   : full_blocks * block_pixels + (block_end - full_blocks) * (block_pixels - 1));
+            const int64_t needed = input_pixels_for(q_end);
+            if (needed > packed_pixels) {
+                ParallelPack pack{kernels_, pack_args, packed_pixels, needed};
+                ctx.ParallelFor(&ParallelPack::run, static_cast<size_t>((needed - packed_pixels + kPackTaskPixels - 1) / kPackTaskPixels), 0, &pack);
+                packed_pixels = needed;
+            }
+            ParallelConv conv{kernels_, conv_args, image, channel_blocks, pixel_blocks, g0, blocks_per_group};
+            ctx.ParallelFor(&ParallelConv::run, static_cast<size_t>((g1 - g0) * channel_blocks), 0, &conv);
+        }
+    }
 }
 
 // The tables depend on the input size and, through the padding correction, on the weights;
 // with constant weights they are cached for the last input size seen.
 std::shared_ptr<const Geometry> BinaryConvKernel::geometry_for(const Weights& weights, const ConvShape& shape) {
     auto build = [&] {
-        return make_geometry(config_, shape, weights.tap_popcount, weights.out_channels, weights.out_channels_padded);
+        return make_geometry(config_, shape, weights.tap_popcount, weights.out_channels, weights.out_channels_padded,
+                             kernels_->padding_counts_weights);
     };
     if (&weights != constant_weights_.get()) return build();
     std::lock_guard<std::mutex> lock(geometry_mutex_);

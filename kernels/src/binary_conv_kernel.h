@@ -19,7 +19,7 @@ struct Weights {
     std::vector<uint64_t> original_copy; // owns `original` when the weights were constant at creation
     int64_t out_channels = 0;
     int64_t out_channels_padded = 0;
-    std::vector<uint64_t> blocked;       // [M_padded/MB][K][MB]
+    std::vector<uint64_t> blocked;       // [M_padded/MB][K][MB] elements (IsaKernels::block_weights)
     std::vector<int64_t> tap_popcount;   // [M][taps]: popcount of the tap's words, for padding correction
 };
 
@@ -36,7 +36,7 @@ private:
 
     const ConvConfig config_;
     const Isa isa_;
-    const IsaKernels* const kernels_;  // nullptr for the reference path
+    const IsaKernels* const kernels_;  // the path's kernels for this layer (nullptr: the reference path)
     std::unique_ptr<Weights> constant_weights_;
     std::mutex geometry_mutex_;
     std::shared_ptr<const Geometry> cached_geometry_;

@@ -1,10 +1,11 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
 // CMake compiles this file once per path of the target: BINARIZE_ISA_SCALAR (baseline flags)
-// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW
-// (-mavx512f/bw/vl/dq) and BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64
-// BINARIZE_ISA_NEON (traits in neon_isa.h). Only the `Isa` traits differ; the packing, the
-// register-blocked loop and the epilogue are the same source.
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 and BINARIZE_ISA_AVX2_NIBBLES (-mavx2 -mpopcnt: the
+// avx2 path's two countings, chosen per layer), BINARIZE_ISA_AVX512BW (-mavx512f/bw/vl/dq) and
+// BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64 BINARIZE_ISA_NEON (traits in
+// neon_isa.h). Only the `Isa` traits differ; the packing, the register-blocked loop and the
+// epilogue are the same source.
 // Everything lives in a per-ISA namespace and uses no inline library templates (no <algorithm>,
 // no <vector>), so no AVX-512 instruction can leak into code shared with other ISAs through
 // the linker's deduplication of inline functions.
@@ -25,6 +26,10 @@
 #define BINARIZE_ISA_NAMESPACE isa_avx2
 #define BINARIZE_ISA_NAME "avx2"
 #include <immintrin.h>
+#elif defined(BINARIZE_ISA_AVX2_NIBBLES)
+#define BINARIZE_ISA_NAMESPACE isa_avx2_nibbles
+#define BINARIZE_ISA_NAME "avx2"
+#include <immintrin.h>
 #elif defined(BINARIZE_ISA_NEON)
 #define BINARIZE_ISA_NAMESPACE isa_neon
 #define BINARIZE_ISA_NAME "neon"
@@ -33,7 +38,7 @@
 #define BINARIZE_ISA_NAMESPACE isa_scalar
 #define BINARIZE_ISA_NAME "scalar"
 #else
-#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
+#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX2_NIBBLES, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
 #endif
 
 namespace binarize {
@@ -79,25 +84,36 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 
 // ---------------------------------------------------------------------------------------------
 // ISA traits. Each provides:
-//   Vec        kLanes 64-bit words (one word of kLanes different output channels, or a broadcast
-//              activation word), also used for exact 64-bit popcount totals per lane;
-//   load / broadcast / xor_words / zero                the operands of the hot loop;
-//   Acc, kGroup, add_popcounts, kStepsPerFlush, flush  the counting: add_popcounts adds the
-//              popcounts of kGroup words (consecutive reduction steps of one pixel and one
-//              channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
-//              multiple of kGroup); flush adds it to a total;
-//   kWordParts / word_part  how the loop reads the words of 64 channels' signs: as stored
-//              (WholeWords, 1 part) or as kWordParts words each (NibblePartsCounting), in which
-//              case the packing and the weight preparation store word_part(w, 0 .. kWordParts - 1);
+//   Vec        the weights of kLanes output channels for one reduction step (whole words: one
+//              64-bit word per channel), or what a step compares them with;
+//   load / differ / zero            the operands of the hot loop: differ(activation, weights) is
+//              the step's comparison of one pixel's packed activation (at `activation`) with a
+//              weight vector: their xor, whose popcount counts the sign mismatches (whole words),
+//              or the mismatch counts themselves (AVX2's count tables);
+//   Acc, kGroup, add_popcounts, kStepsPerFlush         the counting: add_popcounts adds the
+//              counts of kGroup differ() results (consecutive reduction steps of one pixel and
+//              one channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
+//              multiple of kGroup);
+//   Total, zero_total, flush        exact totals per channel: flush(total, acc, steps) adds an Acc
+//              after `steps` reduction steps of the register block;
+//   kWordSteps, kStepWords, WeightElement, weight_step, store_word, kPaddingCountsWeights
+//              the layouts (kernel_api.h): a 64-channel word is kWordSteps reduction steps;
+//              the packing stores an activation word as kWordSteps * kStepWords words
+//              (store_word), the weight blocking a weight word as kWordSteps elements per channel
+//              (weight_step); whether a padding tap counts its weights' popcount;
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
 //              pixel, and their transposed store into NCHW (each channel's pixels contiguous);
 //   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
 // ---------------------------------------------------------------------------------------------
 
-// The loop reads each 64-bit word of 64 channels as it is.
+// The loop reads each 64-bit word of 64 channels as it is, and counts the bits of an xor:
+// a padding tap (zero words) counts its weights.
 struct WholeWords {
-    static constexpr int kWordParts = 1;
-    static uint64_t word_part(uint64_t word, int) { return word; }
+    static constexpr int kWordSteps = 1, kStepWords = 1;
+    static constexpr bool kPaddingCountsWeights = true;
+    using WeightElement = uint64_t;
+    static uint64_t weight_step(uint64_t word, int) { return word; }
+    static void store_word(uint64_t* out, uint64_t word) { *out = word; }
 };
 
 // Counting without a vector popcount instruction, for AVX-512BW without VPOPCNTDQ (Skylake-SP,
@@ -109,9 +125,9 @@ struct WholeWords {
 // (each 2 table lookups, a shift, 2 ands, 2 adds) for a nibble table per word; the CSAs issue
 // on every vector port, the lookups only on the shuffle port. `Ops` supplies Vec, zero, xor3,
 // majority, byte_popcount, add_bytes and add_byte_sums (total + (per-lane byte sum << shift)).
-// AVX2 counts with the nibble table (NibblePartsCounting below): with 16 ymm registers the
-// Harley-Seal state (4 per accumulator) forces 2-accumulator blocks, and those measured slower
-// than a table per word on every ResNet layer (K = 9 .. 72 steps) on Zen 5 and below K = 72 on Zen 1.
+// AVX2 counts by table lookup instead (its Isa below): with 16 ymm registers the Harley-Seal
+// state (4 per accumulator) forces 2-accumulator blocks, and those measured slower than a nibble
+// table per word on every ResNet layer (K = 9 .. 72 steps) on Zen 5 and below K = 72 on Zen 1.
 template <typename Ops>
 struct HarleySealCounting : WholeWords {
     using Vec = typename Ops::Vec;
@@ -137,35 +153,15 @@ struct HarleySealCounting : WholeWords {
         acc.eights = Ops::add_bytes(acc.eights, Ops::byte_popcount(eights));
         return acc;
     }
-    static Vec flush(Vec total, Acc acc) {
+    using Total = Vec;
+    static Total zero_total() { return Ops::zero(); }
+    static Vec flush(Vec total, Acc acc, int64_t) {
         // popcount = 8 * eights + 4 * fours + 2 * twos + ones, the last three <= 56 per byte.
         Vec low = Ops::byte_popcount(acc.fours);
         low = Ops::add_bytes(Ops::add_bytes(low, low), Ops::byte_popcount(acc.twos));
         low = Ops::add_bytes(Ops::add_bytes(low, low), Ops::byte_popcount(acc.ones));
         return Ops::add_byte_sums(Ops::add_byte_sums(total, low, 0), acc.eights, 3);
     }
-};
-
-// The nibble table on words stored as their nibbles: each 64-bit word w of 64 channels is
-// stored as two, its low nibbles w & 0x0f.. and its high nibbles (w >> 4) & 0x0f.. (activations
-// by the packing, weights when the kernel is created), so the xor of two parts has every byte
-// below 16 and is its own table index (vpshufb). Per 64 channels that is 2 xors, 2 lookups and 2
-// adds, against a xor, a shift, 2 ands, 2 lookups and 2 adds for the table on whole words, for
-// twice the activation broadcasts and weight loads: on AMD Zen 1, where the shift and the lookups
-// share two of the four vector pipes and every 256-bit operation issues as two, 3x3 layers ran
-// 12-15 % faster (benchmarks/RESULTS.md, "AVX2 counting on nibble parts"). Byte counts (<= 4 per
-// step) are folded into 64-bit lanes (vpsadbw) every 63 steps.
-template <typename Ops>
-struct NibblePartsCounting {
-    using Vec = typename Ops::Vec;
-    static constexpr int kWordParts = 2;
-    static uint64_t word_part(uint64_t word, int part) { return (part == 0 ? word : word >> 4) & 0x0f0f0f0f0f0f0f0fULL; }
-    static constexpr int kGroup = 1;
-    static constexpr int64_t kStepsPerFlush = 63;  // 63 * 4 < 256
-    using Acc = Vec;
-    static Acc zero_acc() { return Ops::zero(); }
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return Ops::add_bytes(acc, Ops::nibble_popcount(d[0])); }
-    static Vec flush(Vec total, Acc acc) { return Ops::add_byte_sums(total, acc, 0); }
 };
 
 #if defined(BINARIZE_ISA_AVX512) || defined(BINARIZE_ISA_AVX512BW)
@@ -194,7 +190,9 @@ struct Avx512Counting : WholeWords {  // vpopcntq counts straight into 64-bit la
     using Acc = __m512i;
     static Acc zero_acc() { return _mm512_setzero_si512(); }
     static Acc add_popcounts(Acc acc, const __m512i (&d)[1]) { return _mm512_add_epi64(acc, _mm512_popcnt_epi64(d[0])); }
-    static __m512i flush(__m512i total, Acc acc) { return _mm512_add_epi64(total, acc); }
+    using Total = __m512i;
+    static Total zero_total() { return _mm512_setzero_si512(); }
+    static __m512i flush(__m512i total, Acc acc, int64_t) { return _mm512_add_epi64(total, acc); }
 };
 #else
 using Avx512Counting = HarleySealCounting<Avx512Words>;
@@ -215,8 +213,9 @@ struct Isa : Avx512Words, Avx512Counting {
 #endif
     using Vec = __m512i;
     static Vec load(const uint64_t* p) { return _mm512_loadu_si512(p); }
-    static Vec broadcast(uint64_t w) { return _mm512_set1_epi64(static_cast<long long>(w)); }
-    static Vec xor_words(Vec a, Vec b) { return _mm512_xor_si512(a, b); }
+    static Vec differ(const uint64_t* activation, Vec weights) {
+        return _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(*activation)), weights);
+    }
 
     // Epilogue on 8 channels of one pixel. multiplier * d + bias is written with vector
     // operators, like the scalar formula, so the compiler applies the same contraction (fma here).
@@ -288,53 +287,10 @@ struct Isa : Avx512Words, Avx512Counting {
         _mm512_storeu_si512(out16 + 8, words.hi);
     }
 };
-#elif defined(BINARIZE_ISA_AVX2)
-struct Avx2Words {
-    using Vec = __m256i;
-    static Vec zero() { return _mm256_setzero_si256(); }
-    // The popcount of each byte of v, whose bytes are all below 16.
-    static Vec nibble_popcount(Vec v) {
-        return _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                                    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), v);
-    }
-    // a + b per byte, added into a's register by an asm vpaddb: from the plain intrinsic GCC 12
-    // writes most of the loop's accumulator sums to a temporary and copies them back (with the
-    // table on whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to
-    // the stack), and on AMD Zen 1 every 256-bit copy issues as two vector operations
-    // (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
-    static Vec add_bytes(Vec a, Vec b) {
-        asm("vpaddb %1, %0, %0" : "+x"(a) : "x"(b));
-        return a;
-    }
-    static Vec add_byte_sums(Vec total, Vec bytes, int shift) {
-        return _mm256_add_epi64(total, _mm256_slli_epi64(_mm256_sad_epu8(bytes, zero()), shift));
-    }
-};
-
-struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
-    // The loop's register block: 4 vectors x 4 lanes = 16 channels, times 2 pixels = 8 byte
-    // accumulators, + the broadcast, the table and a temporary (the weights are memory operands
-    // of vpxor): 11 of the 16 ymm registers. Per step that is 2 broadcasts for 8 lookups, against
-    // 4 for 8 with 4 pixels x 8 channels, and on AMD Zen 1 each 256-bit broadcast takes vector
-    // pipe time like the counting: with the pixel pointers and the first flush (popcount_block),
-    // 3x3 layers took 7-11 % less time and 18-19 % fewer instructions (benchmarks/RESULTS.md,
-    // "AVX2 register block of 2 pixels x 16 channels").
-    // The epilogue's tile stays 4 pixels (two register blocks): each channel's 4 pixels are one
-    // 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose, which was 4-17 %
-    // faster than 3 pixels where the epilogue weighs ("AVX2 register block of 4 pixels").
-    static constexpr int kLanes = 4, kVectors = 4, kPixels = 4, kLoopPixels = 2;
-    using Vec = __m256i;
-    static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    static Vec broadcast(uint64_t w) { return _mm256_set1_epi64x(static_cast<long long>(w)); }
-    static Vec xor_words(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
-
-    // Epilogue on 4 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
-    using Floats = __m128;
-    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
-        const __m128i t = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
-        const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
-        return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
-    }
+#elif defined(BINARIZE_ISA_AVX2) || defined(BINARIZE_ISA_AVX2_NIBBLES)
+// What both AVX2 countings share: the epilogue's transposed store of 4 channels and the packing's
+// compares.
+struct Avx2Common {
     // The first n (1 .. 4) floats of a row, from and to memory, with plain moves: 8 bytes (movsd),
     // 4 bytes (movss) or 16. vmaskmovps would do it in one instruction, but on AMD Zen 1 its
     // store is microcoded and its load several times slower than a plain one: with them the
@@ -352,15 +308,12 @@ struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
         _mm_store_sd(reinterpret_cast<double*>(p), _mm_castps_pd(y));
         if (n == 3) _mm_store_ss(p + 2, _mm_movehl_ps(y, y));
     }
-    // Transpose in registers: the (up to 4) pixel rows, padded to 4, become one xmm per channel
-    // holding its pixels, stored as one run; each residual is read as one run. Storing and adding
-    // one float at a time took more instructions (callgrind, ResNet-18) than ONNX Runtime's own
-    // Add and Relu passes that the fused residuals replace.
-    template <int NP>
-    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
-                              int pixels, int channels) {
-        static_assert(NP <= 4, "one 4 x 4 transpose");
-        __m128 c0 = rows[0], c1 = rows[NP > 1 ? 1 : 0], c2 = rows[NP > 2 ? 2 : 0], c3 = rows[NP > 3 ? 3 : 0];
+    // Transpose in registers: the (up to 4) pixel rows of 4 channels, padded to 4, become one xmm
+    // per channel holding its pixels, stored as one run; each residual is read as one run. Storing
+    // and adding one float at a time took more instructions (callgrind, ResNet-18) than ONNX
+    // Runtime's own Add and Relu passes that the fused residuals replace.
+    static void store_quad(float* out, const Residuals& residuals, int64_t channel_stride, __m128 c0, __m128 c1,
+                           __m128 c2, __m128 c3, int pixels, int channels) {
         _MM_TRANSPOSE4_PS(c0, c1, c2, c3);  // c_j: channel j's pixels 0-3 (lanes past `pixels` unused)
         const __m128 columns[4] = {c0, c1, c2, c3};
         for (int j = 0; j < channels; ++j) {
@@ -401,6 +354,214 @@ struct Isa : Avx2Words, NibblePartsCounting<Avx2Words> {
         for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
     }
 };
+
+#if defined(BINARIZE_ISA_AVX2)
+// The count tables of a byte b of 8 channels' signs: popcount((b & 15) ^ x), then
+// popcount((b >> 4) ^ x), for x = 0 .. 15 (kByteTables.bytes[b]; 8 KiB, see the Isa below).
+struct ByteTables { alignas(32) uint8_t bytes[256][32]; };
+constexpr ByteTables byte_tables() {
+    ByteTables t{};
+    for (int b = 0; b < 256; ++b)
+        for (int x = 0; x < 32; ++x) {
+            const int d = ((x < 16 ? b : b >> 4) & 15) ^ (x & 15);
+            t.bytes[b][x] = static_cast<uint8_t>((d & 1) + (d >> 1 & 1) + (d >> 2 & 1) + (d >> 3 & 1));
+        }
+    return t;
+}
+constexpr ByteTables kByteTables = byte_tables();
+
+// Counting by table lookup: AVX2 has no vector popcount, and its table instruction (vpshufb) maps
+// 4 bits to a byte. The packing stores each nibble of an activation word (4 input channels, value
+// a) as its count table, the 16 bytes popcount(a ^ x) for x = 0 .. 15, and the weight blocking
+// stores each weight nibble as one byte. A reduction step is one nibble: per pixel it broadcasts
+// the table to both 128-bit lanes, and one vpshufb with 32 weight nibbles as the index gives the
+// 32 output channels' mismatch counts over those 4 input channels, added into byte counters.
+// That is one lookup and one add per 32 channels x 4 inputs, with no xor and no broadcast in a
+// vector pipe (vbroadcasti128 from memory is a load), against an xor, a lookup and an add per
+// 16 channels x 4 inputs (as bytes of 64-bit words) with the nibble table applied to the xor
+// (the nibble parts below): on AMD Zen 3 the loop's step took 5.0 cycles for 1,024 sign products
+// against 6.2, the ResNet 3x3 layers 3-20 % less time and 8-22 % fewer instructions (benchmarks/
+// RESULTS.md, "AVX2 counting by activation count tables"). The price is the activation buffer:
+// 16 bytes per 4 channels per pixel (32x the packed signs), which binary_conv_kernel.cpp packs in
+// bands that stay in the L2 cache.
+struct Isa : Avx2Common {
+    // The register block: 2 vectors x 32 channels, times 4 pixels = 8 byte counters, + 2 weight
+    // vectors and the broadcast tables: 11-14 of the 16 ymm registers. The weights of a step are
+    // loaded once for the 4 pixels: per step 2 weight loads, 4 table broadcasts (loads) and 8
+    // lookups, within the two vector loads per cycle that Zen 3 measured here.
+    static constexpr int kLanes = 32, kVectors = 2, kPixels = 4, kLoopPixels = kPixels;
+    static constexpr int kWordSteps = 16, kStepWords = 2;
+    // A zero table (padding) counts nothing, whatever the weights.
+    static constexpr bool kPaddingCountsWeights = false;
+    using WeightElement = uint8_t;
+    static uint8_t weight_step(uint64_t word, int step) { return static_cast<uint8_t>((word >> (4 * step)) & 15); }
+    // The 16 count tables of a word, nibble n's at out + 2n: byte i of the word gives the tables of
+    // nibbles 2i (low) and 2i + 1 (high), one 32-byte copy from kByteTables. (Computing them, two
+    // vpshufb and an xor per byte, took more of the packing's vector pipes than the compares.)
+    static void store_word(uint64_t* out, uint64_t word) {
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * i),
+                                _mm256_load_si256(reinterpret_cast<const __m256i*>(kByteTables.bytes[(word >> (8 * i)) & 255])));
+    }
+
+    using Vec = __m256i;
+    static Vec zero() { return _mm256_setzero_si256(); }
+    static Vec load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+    static Vec differ(const uint64_t* activation, Vec weights) {
+        const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(activation));
+        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), weights);
+    }
+
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = 63;  // <= 4 per byte per step: 63 * 4 < 256
+    using Acc = Vec;
+    static Acc zero_acc() { return zero(); }
+    // acc + d per byte, by an asm vpaddb into acc's register: from the plain intrinsic GCC 12
+    // writes most of the loop's accumulator sums to a temporary and copies them back, and on AMD
+    // Zen 1 every 256-bit copy issues as two vector operations (benchmarks/RESULTS.md, "AVX2
+    // accumulators added in place").
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
+        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(d[0]));
+        return acc;
+    }
+    // Exact totals of 32 channels: 16-bit counts (`low`: channels 0-7 and 16-23, `high`: 8-15
+    // and 24-31, the order of vpunpck{l,h}bw), which 256 flushes of <= 252 cannot overflow, folded
+    // into 32-bit `wide` counts (channels 8i .. 8i + 7 in wide[i]) every 256 flushes, i.e. only in
+    // a reduction of more than 16,128 steps (64,512 sign products): `folded` says whether `wide`
+    // holds counts, so that the common tile neither zeroes nor reads it. Two unpacks and two adds
+    // per flush, against six unpacks to widen the bytes to 32 bits.
+    static constexpr int64_t kStepsPerFold = 256 * kStepsPerFlush;
+    struct Total {
+        __m256i low, high, wide[4];
+        bool folded;
+    };
+    static Total zero_total() {
+        Total t;
+        t.low = t.high = zero();
+        t.folded = false;
+        return t;
+    }
+    static Total flush(Total t, Acc acc, int64_t steps) {
+        t.low = _mm256_add_epi16(t.low, _mm256_unpacklo_epi8(acc, zero()));
+        t.high = _mm256_add_epi16(t.high, _mm256_unpackhi_epi8(acc, zero()));
+        if (steps % kStepsPerFold == 0) {
+            for (int i = 0; i < 4; ++i) t.wide[i] = counts(t, i);
+            t.low = t.high = zero();
+            t.folded = true;
+        }
+        return t;
+    }
+    // Channels 8i .. 8i + 7 of a total, as 32-bit counts.
+    static __m256i counts(const Total& t, int i) {
+        const __m256i& half = i % 2 == 0 ? t.low : t.high;
+        const __m256i count = _mm256_cvtepu16_epi32(i < 2 ? _mm256_castsi256_si128(half) : _mm256_extracti128_si256(half, 1));
+        return t.folded ? _mm256_add_epi32(t.wide[i], count) : count;
+    }
+
+    // Epilogue on 32 channels of one pixel, 8 at a time (the counts are < 2^31).
+    struct Floats { __m256 eight[4]; };
+    static Floats affine(const Total& total, const int32_t* base, const float* multiplier, const float* bias) {
+        Floats y;
+        for (int i = 0; i < 4; ++i) {
+            const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 8 * i)),
+                                               _mm256_slli_epi32(counts(total, i), 1));
+            y.eight[i] = _mm256_loadu_ps(multiplier + 8 * i) * _mm256_cvtepi32_ps(d) + _mm256_loadu_ps(bias + 8 * i);
+        }
+        return y;
+    }
+    // 4 channels at a time (Avx2Common::store_quad).
+    template <int NP>
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        static_assert(NP <= 4, "one 4 x 4 transpose per 4 channels");
+#pragma GCC unroll 8
+        for (int q = 0; q < 8; ++q) {
+            if (4 * q >= channels) break;
+            __m128 c[4];
+            for (int p = 0; p < 4; ++p) {
+                const __m256 eight = rows[p < NP ? p : 0].eight[q / 2];
+                c[p] = q % 2 == 0 ? _mm256_castps256_ps128(eight) : _mm256_extractf128_ps(eight, 1);
+            }
+            store_quad(out + 4 * q * channel_stride, residuals_at(residuals, 4 * q * channel_stride), channel_stride, c[0],
+                       c[1], c[2], c[3], pixels, channels - 4 * q < 4 ? channels - 4 * q : 4);
+        }
+    }
+};
+#else  // BINARIZE_ISA_AVX2_NIBBLES
+// Counting on nibble parts, for the layers where the count tables are read too few times to pay
+// for writing them (BinaryConvKernel::layer_kernels): each 64-bit word w of 64 channels is
+// stored as two, its low nibbles w & 0x0f.. and its high nibbles (w >> 4) & 0x0f.. (activations
+// by the packing, weights when the kernel is created), so the xor of two parts has every byte
+// below 16 and is its own table index (vpshufb). Per 64 channels that is 2 xors, 2 lookups and 2
+// adds, against a xor, a shift, 2 ands, 2 lookups and 2 adds for the table on whole words, for
+// twice the activation broadcasts and weight loads: on AMD Zen 1, where the shift and the lookups
+// share two of the four vector pipes and every 256-bit operation issues as two, 3x3 layers ran
+// 12-15 % faster (benchmarks/RESULTS.md, "AVX2 counting on nibble parts"). Byte counts (<= 4 per
+// step) are folded into 64-bit lanes (vpsadbw) every 63 steps.
+struct Isa : Avx2Common {
+    // The loop's register block: 4 vectors x 4 lanes = 16 channels, times 2 pixels = 8 byte
+    // accumulators, + the broadcast, the table and a temporary (the weights are memory operands
+    // of vpxor): 11 of the 16 ymm registers. Per step that is 2 broadcasts for 8 lookups, against
+    // 4 for 8 with 4 pixels x 8 channels, and on AMD Zen 1 each 256-bit broadcast takes vector
+    // pipe time like the counting: with the pixel pointers and the first flush (popcount_block),
+    // 3x3 layers took 7-11 % less time and 18-19 % fewer instructions (benchmarks/RESULTS.md,
+    // "AVX2 register block of 2 pixels x 16 channels").
+    // The epilogue's tile stays 4 pixels (two register blocks): each channel's 4 pixels are one
+    // 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose, which was 4-17 %
+    // faster than 3 pixels where the epilogue weighs ("AVX2 register block of 4 pixels").
+    static constexpr int kLanes = 4, kVectors = 4, kPixels = 4, kLoopPixels = 2;
+    static constexpr int kWordSteps = 2, kStepWords = 1;
+    static constexpr bool kPaddingCountsWeights = true;  // an xor with a zero part counts the weights
+    using WeightElement = uint64_t;
+    static uint64_t weight_step(uint64_t word, int part) { return (part == 0 ? word : word >> 4) & 0x0f0f0f0f0f0f0f0fULL; }
+    static void store_word(uint64_t* out, uint64_t word) {
+        out[0] = weight_step(word, 0);
+        out[1] = weight_step(word, 1);
+    }
+
+    using Vec = __m256i;
+    static Vec zero() { return _mm256_setzero_si256(); }
+    static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+    static Vec differ(const uint64_t* activation, Vec weights) {
+        return _mm256_xor_si256(_mm256_set1_epi64x(static_cast<long long>(*activation)), weights);
+    }
+
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = 63;  // 63 * 4 < 256
+    using Acc = Vec;
+    static Acc zero_acc() { return zero(); }
+    // acc + the popcount of each byte of d (all below 16), added into acc's register by an asm
+    // vpaddb: from the plain intrinsic GCC 12 writes most of the loop's accumulator sums to a
+    // temporary and copies them back (with the table on whole words: 5 vmovdqa per step of the
+    // 4 x 2 block, and 3 accumulators spilled to the stack), and on AMD Zen 1 every 256-bit copy
+    // issues as two vector operations (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
+        const __m256i counts = _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                                                    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), d[0]);
+        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(counts));
+        return acc;
+    }
+    using Total = Vec;  // 64-bit counts per lane
+    static Total zero_total() { return zero(); }
+    static Vec flush(Vec total, Acc acc, int64_t) { return _mm256_add_epi64(total, _mm256_sad_epu8(acc, zero())); }
+
+    // Epilogue on 4 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
+    using Floats = __m128;
+    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
+        const __m128i t = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+        const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
+        return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
+    }
+    template <int NP>
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        static_assert(NP <= 4, "one 4 x 4 transpose");
+        store_quad(out, residuals, channel_stride, rows[0], rows[NP > 1 ? 1 : 0], rows[NP > 2 ? 2 : 0], rows[NP > 3 ? 3 : 0],
+                   pixels, channels);
+    }
+};
+#endif
 #elif defined(BINARIZE_ISA_NEON)
 #include "neon_isa.h"
 #else
@@ -409,15 +570,16 @@ struct Isa : WholeWords {
     static constexpr int kLanes = 1, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
     using Vec = uint64_t;
     static Vec load(const uint64_t* p) { return *p; }
-    static Vec broadcast(uint64_t w) { return w; }
-    static Vec xor_words(Vec a, Vec b) { return a ^ b; }
+    static Vec differ(const uint64_t* activation, Vec weights) { return *activation ^ weights; }
     static Vec zero() { return 0; }
     static constexpr int kGroup = 1;
     static constexpr int64_t kStepsPerFlush = INT64_MAX;
     using Acc = uint64_t;
     static Acc zero_acc() { return 0; }
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return acc + static_cast<uint64_t>(__builtin_popcountll(d[0])); }
-    static Vec flush(Vec total, Acc acc) { return total + acc; }
+    using Total = uint64_t;
+    static Total zero_total() { return 0; }
+    static Vec flush(Vec total, Acc acc, int64_t) { return total + acc; }
 
     using Floats = float;
     static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
@@ -443,6 +605,8 @@ struct Isa : WholeWords {
 
 constexpr int kBlockChannels = Isa::kLanes * Isa::kVectors;  // MB
 constexpr int kBlockPixels = Isa::kPixels;                   // P
+constexpr int64_t kWordWords = Isa::kWordSteps * Isa::kStepWords;  // packed words per 64-channel activation word
+using WeightElement = typename Isa::WeightElement;
 
 // ---------------------------------------------------------------------------------------------
 // Activation packing: bit = !(x - threshold[c] >= 0) (threshold 0 without one: x - 0 is x for
@@ -473,7 +637,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
         const int pixels = static_cast<int>(min_i64(kPackGroup, pixel_end - p0));
         uint64_t* dst[kPackGroup];  // each pixel's words in the padded buffer
         for (int p = 0; p < pixels; ++p) {
-            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words * Isa::kWordParts;
+            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words * kWordWords;
             if (++w == a.width) w = 0, ++h;
         }
         const float* src = a.input + p0 * a.pixel_stride;
@@ -494,9 +658,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
             } else {
                 pack_group_any_stride(a, src, pixels, cw, words);
             }
-            for (int p = 0; p < pixels; ++p)
-                for (int part = 0; part < Isa::kWordParts; ++part)
-                    dst[p][cw * Isa::kWordParts + part] = Isa::word_part(words[p], part);
+            for (int p = 0; p < pixels; ++p) Isa::store_word(dst[p] + cw * kWordWords, words[p]);
         }
     }
 }
@@ -504,68 +666,73 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // ---------------------------------------------------------------------------------------------
 // THE HOT LOOP.
 //
-// Layouts (all 64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1; with
-// S = Isa::kWordParts > 1 each such word is stored as its S parts, Isa::word_part(word, s), one
-// after the other, and "word" below means one part):
-//   activations  [Hp][Wp][CW*S]     padded NHWC image, padding words are 0 (= sign +1);
+// Layouts (64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1; each word
+// is S = Isa::kWordSteps reduction steps, of T = Isa::kStepWords packed activation words each,
+// Isa::store_word, and of one weight element per output channel, Isa::weight_step):
+//   activations  [Hp][Wp][CW*S*T]   padded NHWC image, padding words are 0;
 //   weights      [M/MB][K][MB]      K = KH*KW*CW*S reduction steps, k = ((kh*KW + kw)*CW + cw)*S + s;
-//                                   the MB words of one step are the MB output channels of the
+//                                   the MB elements of one step are the MB output channels of the
 //                                   block, so one vector load feeds kLanes channels.
-// A reduction step k of output pixel q reads the activation word at
+// A reduction step k of output pixel q reads the activation words at
 //   pixel_offsets[q] + step_offsets[k],
 // i.e. the receptive field is walked through a precomputed offset table (an indirect
 // convolution): no im2col buffer, any stride/dilation, one code path.
 //
 // Register blocking: a tile is NP pixels x MB channels; its pixels are counted Isa::kLoopPixels
 // (<= NP) at a time, whose kLoopPixels x MB popcount accumulators stay in registers for the whole
-// reduction; per step we load kVectors weight vectors and broadcast each pixel's activation
-// word, xor them, and add the kLoopPixels*kVectors popcounts (Isa::add_popcounts, kGroup steps
-// at a time). Everything is integer; the float transform happens once per output in the
+// reduction; per step we load kVectors weight vectors, compare each pixel's activation with them
+// (Isa::differ: a broadcast word's xor, or AVX2's table lookup) and add the kLoopPixels*kVectors
+// counts (Isa::add_popcounts, kGroup steps at a time). Everything is integer; the float transform happens once per output in the
 // epilogue, a tile at a time. NP is P, or P - 1 for the tiles that let the pixel count be tiled
 // exactly (ConvArgs::full_blocks).
 //
 // Padding: the padded buffer makes every tap readable, but a padded tap has to contribute 0,
-// not +/-1 per channel. Reading a 0 word there adds popcount(weight word) to the total, so the
-// epilogue computes D = pattern_base[pattern(q)][m] - 2 * total, where pattern_base holds
-// (valid taps * C) + 2 * (sum of popcount(weights) over the taps that fall into padding) for
-// each distinct padding pattern (precomputed once per input size). Interior pixels share one
-// pattern with no correction, so border handling costs nothing inside this loop.
+// not +/-1 per channel. The epilogue computes D = pattern_base[pattern(q)][m] - 2 * total, where
+// pattern_base holds (valid taps * C) for each distinct padding pattern (precomputed once per
+// input size), + 2 * (sum of popcount(weights) over the taps that fall into padding) where a
+// zero word there counts its weights (an xor; Isa::kPaddingCountsWeights). Interior pixels share
+// one pattern with no correction, so border handling costs nothing inside this loop.
 // ---------------------------------------------------------------------------------------------
 // Adds the popcounts of reduction steps k .. k + kValid - 1 to every accumulator. kValid <
 // kGroup is the tail of a reduction that is not a multiple of kGroup: the missing words are
 // compile-time zeros, which the compiler folds out of the carry-save tree.
-template <int NP, int kValid>
-inline void add_group(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&fields)[NP],
-                      const int64_t* step_offsets, const uint64_t* weights, int64_t k) {
+template <int NP, int NV, int kValid>
+inline void add_group(typename Isa::Acc (&acc)[NP][NV], const uint64_t* const (&fields)[NP],
+                      const int64_t* step_offsets, const WeightElement* weights, int64_t k) {
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-        for (int v = 0; v < Isa::kVectors; ++v) {
+        for (int v = 0; v < NV; ++v) {
             typename Isa::Vec d[Isa::kGroup];
 #pragma GCC unroll 8
             for (int g = 0; g < Isa::kGroup; ++g)
-                d[g] = g < kValid ? Isa::xor_words(Isa::broadcast(fields[p][step_offsets[k + g]]),
-                                                   Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
+                d[g] = g < kValid ? Isa::differ(fields[p] + step_offsets[k + g],
+                                                Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
                                   : Isa::zero();
             acc[p][v] = Isa::add_popcounts(acc[p][v], d);
         }
 }
 
 // The tail group of `valid` (1 .. kValid) steps.
-template <int NP, int kValid>
-inline void add_tail(typename Isa::Acc (&acc)[NP][Isa::kVectors], const uint64_t* const (&fields)[NP],
-                     const int64_t* step_offsets, const uint64_t* weights, int64_t k, int64_t valid) {
+template <int NP, int NV, int kValid>
+inline void add_tail(typename Isa::Acc (&acc)[NP][NV], const uint64_t* const (&fields)[NP],
+                     const int64_t* step_offsets, const WeightElement* weights, int64_t k, int64_t valid) {
     if constexpr (kValid > 0) {
         if (valid == kValid)
-            add_group<NP, kValid>(acc, fields, step_offsets, weights, k);
+            add_group<NP, NV, kValid>(acc, fields, step_offsets, weights, k);
         else
-            add_tail<NP, kValid - 1>(acc, fields, step_offsets, weights, k, valid);
+            add_tail<NP, NV, kValid - 1>(acc, fields, step_offsets, weights, k, valid);
     }
 }
 
-template <int NP>
+// (The first flush starts the totals, so no total is read before it is set; GCC 12 cannot see
+// that through the k0 == 0 test and warns for the AVX2 totals, which are structs, where the
+// totals are read: here and in conv_block's epilogue, up to the pop below it.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+template <int NP, int NV>
 inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
-                           int64_t steps, const uint64_t* weights, typename Isa::Vec (*total)[Isa::kVectors]) {
+                           int64_t steps, const WeightElement* weights, typename Isa::Total (*total)[NV]) {
     const uint64_t* fields[NP];  // each pixel's receptive field starts here
 #pragma GCC unroll 8
     for (int p = 0; p < NP; ++p) fields[p] = image + pixel_offsets[p];
@@ -574,39 +741,39 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
     int64_t k0 = 0;
     do {
         const int64_t k1 = k0 + min_i64(Isa::kStepsPerFlush, steps - k0);
-        typename Isa::Acc acc[NP][Isa::kVectors];
+        typename Isa::Acc acc[NP][NV];
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-            for (int v = 0; v < Isa::kVectors; ++v) acc[p][v] = Isa::zero_acc();
+            for (int v = 0; v < NV; ++v) acc[p][v] = Isa::zero_acc();
         int64_t k = k0;
         for (; k + Isa::kGroup <= k1; k += Isa::kGroup)
-            add_group<NP, Isa::kGroup>(acc, fields, step_offsets, weights, k);
-        add_tail<NP, Isa::kGroup - 1>(acc, fields, step_offsets, weights, k, k1 - k);
+            add_group<NP, NV, Isa::kGroup>(acc, fields, step_offsets, weights, k);
+        add_tail<NP, NV, Isa::kGroup - 1>(acc, fields, step_offsets, weights, k, k1 - k);
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-            for (int v = 0; v < Isa::kVectors; ++v)
-                total[p][v] = Isa::flush(k0 == 0 ? Isa::zero() : total[p][v], acc[p][v]);
+            for (int v = 0; v < NV; ++v)
+                total[p][v] = Isa::flush(k0 == 0 ? Isa::zero_total() : total[p][v], acc[p][v], k1);
         k0 = k1;
     } while (k0 < steps);
 }
 
 // The totals of a tile's NP pixels, counted Isa::kLoopPixels pixels at a time: the loop's register
 // block may hold fewer pixels than the epilogue's tile (AVX2: 2 of 4).
-template <int NP, int kFirst = 0>
+template <int NP, int NV, int kFirst = 0>
 inline void popcount_tile(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
-                          int64_t steps, const uint64_t* weights, typename Isa::Vec (&total)[NP][Isa::kVectors]) {
+                          int64_t steps, const WeightElement* weights, typename Isa::Total (&total)[NP][NV]) {
     constexpr int kCount = NP - kFirst < Isa::kLoopPixels ? NP - kFirst : Isa::kLoopPixels;
-    popcount_block<kCount>(image, pixel_offsets + kFirst, step_offsets, steps, weights, total + kFirst);
+    popcount_block<kCount, NV>(image, pixel_offsets + kFirst, step_offsets, steps, weights, total + kFirst);
     if constexpr (kFirst + kCount < NP)
-        popcount_tile<NP, kFirst + kCount>(image, pixel_offsets, step_offsets, steps, weights, total);
+        popcount_tile<NP, NV, kFirst + kCount>(image, pixel_offsets, step_offsets, steps, weights, total);
 }
 
-// One tile: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + MB - 1, with the first
-// kResiduals residual slots.
-template <int NP, int kResiduals>
-void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weights, int64_t m0, int64_t q0, int pixels,
+// One tile: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + NV * kLanes - 1 (NV
+// vectors of the block's kVectors), with the first kResiduals residual slots.
+template <int NP, int NV, int kResiduals>
+void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* weights, int64_t m0, int64_t q0, int pixels,
                 float* out_image, const Residuals& residual_image) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
     // pixel so the loop never changes shape.
@@ -617,8 +784,8 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
         offsets[p] = a.pixel_offsets[q];
         bases[p] = a.pattern_base + a.pixel_pattern[q] * a.out_channels_padded + m0;
     }
-    typename Isa::Vec total[NP][Isa::kVectors];
-    popcount_tile<NP>(image, offsets, a.step_offsets, a.reduction_words, weights, total);
+    typename Isa::Total total[NP][NV];
+    popcount_tile<NP, NV>(image, offsets, a.step_offsets, a.reduction_steps, weights, total);
 
     // Epilogue: exact integer D (|D| <= KH*KW*C < 2^31, checked when the kernel is created),
     // then the fused per-channel transform in float, vectorized over the channels of each
@@ -626,7 +793,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
     const int64_t tile_offset = q0 * a.output_pixel_stride + m0 * a.output_channel_stride;
     float* out = out_image + tile_offset;
 #pragma GCC unroll 8
-    for (int v = 0; v < Isa::kVectors; ++v) {
+    for (int v = 0; v < NV; ++v) {
         const int channels = static_cast<int>(min_i64(Isa::kLanes, a.out_channels - m0 - v * Isa::kLanes));
         if (channels <= 0) break;
         typename Isa::Floats rows[NP];
@@ -653,10 +820,12 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const uint64_t* weight
     }
 }
 
-template <int kResiduals>
+#pragma GCC diagnostic pop
+
+template <int NV, int kResiduals>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
     const uint64_t* packed_image = a.packed_input + image * a.input_image_words;
-    const uint64_t* weights = a.packed_weights + channel_block * a.reduction_words * kBlockChannels;
+    const WeightElement* weights = static_cast<const WeightElement*>(a.packed_weights) + channel_block * a.reduction_steps * kBlockChannels;
     const int64_t m0 = channel_block * kBlockChannels;
     float* out_image = a.output + image * a.output_image_stride;
     const Residuals residual_image = residuals_at(a.residuals, image * a.output_image_stride);
@@ -665,10 +834,20 @@ void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);
         const int pixels = static_cast<int>(min_i64(full ? kBlockPixels : kBlockPixels - 1, a.output_pixels - q0));
         if (full)
-            conv_block<kBlockPixels, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
         else
-            conv_block<kBlockPixels - 1, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels - 1, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
     }
+}
+
+// A last channel block with at most half of its channels below M (M = 24 or 96 with 64-channel
+// blocks) computes only the vectors of those: half the loop for the same outputs.
+template <int kResiduals>
+void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
+    constexpr int kHalf = Isa::kVectors / 2;
+    if (Isa::kVectors % 2 == 0 && a.out_channels - channel_block * kBlockChannels <= kHalf * Isa::kLanes)
+        return conv_blocks<kHalf, kResiduals>(a, image, channel_block, block_begin, block_end);
+    conv_blocks<Isa::kVectors, kResiduals>(a, image, channel_block, block_begin, block_end);
 }
 
 void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
@@ -679,11 +858,21 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
     }
 }
 
+// The weights' [M_padded / MB][K][MB] layout (kernel_api.h) from the ONNX layout [M][KH][KW][CW].
+void block_weights(const uint64_t* words, int64_t out_channels, int64_t channel_words, void* blocked) {
+    auto* out = static_cast<WeightElement*>(blocked);
+    const int64_t steps = channel_words * Isa::kWordSteps;
+    for (int64_t m = 0; m < out_channels; ++m)
+        for (int64_t k = 0; k < steps; ++k)
+            out[((m / kBlockChannels) * steps + k) * kBlockChannels + m % kBlockChannels] =
+                Isa::weight_step(words[m * channel_words + k / Isa::kWordSteps], static_cast<int>(k % Isa::kWordSteps));
+}
+
 }  // namespace
 
 extern const IsaKernels kernels;
-const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, Isa::kWordParts, Isa::word_part, pack_pixels,
-                            conv_tile};
+const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, Isa::kWordSteps, Isa::kStepWords,
+                            sizeof(WeightElement), Isa::kPaddingCountsWeights, block_weights, pack_pixels, conv_tile};
 
 }  // namespace BINARIZE_ISA_NAMESPACE
 }  // namespace binarize

@@ -19,8 +19,7 @@ struct Isa : WholeWords {
     static constexpr int kLanes = 2, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
     using Vec = uint64x2_t;
     static Vec load(const uint64_t* p) { return vld1q_u64(p); }
-    static Vec broadcast(uint64_t w) { return vdupq_n_u64(w); }
-    static Vec xor_words(Vec a, Vec b) { return veorq_u64(a, b); }
+    static Vec differ(const uint64_t* activation, Vec weights) { return veorq_u64(vdupq_n_u64(*activation), weights); }
     static Vec zero() { return vdupq_n_u64(0); }
 
     static constexpr int kGroup = 1;
@@ -28,7 +27,9 @@ struct Isa : WholeWords {
     using Acc = uint8x16_t;
     static Acc zero_acc() { return vdupq_n_u8(0); }
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return vaddq_u8(acc, vcntq_u8(vreinterpretq_u8_u64(d[0]))); }
-    static Vec flush(Vec total, Acc acc) { return vaddq_u64(total, vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(acc)))); }
+    using Total = Vec;
+    static Total zero_total() { return zero(); }
+    static Vec flush(Vec total, Acc acc, int64_t) { return vaddq_u64(total, vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(acc)))); }
 
     // Epilogue on 2 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
     // multiplier * d + bias is written with vector operators, like the scalar formula, so the

@@ -288,9 +288,20 @@ struct Isa : Avx512Words, Avx512Counting {
     }
 };
 #elif defined(BINARIZE_ISA_AVX2) || defined(BINARIZE_ISA_AVX2_NIBBLES)
-// What both AVX2 countings share: the epilogue's transposed store of 4 channels and the packing's
-// compares.
+// What both AVX2 countings share: the byte counters' add, the epilogue's transposed store of 4
+// channels and the packing's compares.
 struct Avx2Common {
+    using Vec = __m256i;
+    static Vec zero() { return _mm256_setzero_si256(); }
+    // a + b per byte, added into a's register by an asm vpaddb: from the plain intrinsic GCC 12
+    // writes most of the loop's accumulator sums to a temporary and copies them back (with the
+    // table on whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to
+    // the stack), and on AMD Zen 1 every 256-bit copy issues as two vector operations
+    // (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    static Vec add_bytes(Vec a, Vec b) {
+        asm("vpaddb %1, %0, %0" : "+x"(a) : "x"(b));
+        return a;
+    }
     // The first n (1 .. 4) floats of a row, from and to memory, with plain moves: 8 bytes (movsd),
     // 4 bytes (movss) or 16. vmaskmovps would do it in one instruction, but on AMD Zen 1 its
     // store is microcoded and its load several times slower than a plain one: with them the
@@ -405,8 +416,6 @@ struct Isa : Avx2Common {
                                 _mm256_load_si256(reinterpret_cast<const __m256i*>(kByteTables.bytes[(word >> (8 * i)) & 255])));
     }
 
-    using Vec = __m256i;
-    static Vec zero() { return _mm256_setzero_si256(); }
     static Vec load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec differ(const uint64_t* activation, Vec weights) {
         const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(activation));
@@ -417,14 +426,7 @@ struct Isa : Avx2Common {
     static constexpr int64_t kStepsPerFlush = 63;  // <= 4 per byte per step: 63 * 4 < 256
     using Acc = Vec;
     static Acc zero_acc() { return zero(); }
-    // acc + d per byte, by an asm vpaddb into acc's register: from the plain intrinsic GCC 12
-    // writes most of the loop's accumulator sums to a temporary and copies them back, and on AMD
-    // Zen 1 every 256-bit copy issues as two vector operations (benchmarks/RESULTS.md, "AVX2
-    // accumulators added in place").
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
-        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(d[0]));
-        return acc;
-    }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return add_bytes(acc, d[0]); }  // d: the counts
     // Exact totals of 32 channels: 16-bit counts (`low`: channels 0-7 and 16-23, `high`: 8-15
     // and 24-31, the order of vpunpck{l,h}bw), which 256 flushes of <= 252 cannot overflow, folded
     // into 32-bit `wide` counts (channels 8i .. 8i + 7 in wide[i]) every 256 flushes, i.e. only in
@@ -520,8 +522,6 @@ struct Isa : Avx2Common {
         out[1] = weight_step(word, 1);
     }
 
-    using Vec = __m256i;
-    static Vec zero() { return _mm256_setzero_si256(); }
     static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static Vec differ(const uint64_t* activation, Vec weights) {
         return _mm256_xor_si256(_mm256_set1_epi64x(static_cast<long long>(*activation)), weights);
@@ -531,16 +531,10 @@ struct Isa : Avx2Common {
     static constexpr int64_t kStepsPerFlush = 63;  // 63 * 4 < 256
     using Acc = Vec;
     static Acc zero_acc() { return zero(); }
-    // acc + the popcount of each byte of d (all below 16), added into acc's register by an asm
-    // vpaddb: from the plain intrinsic GCC 12 writes most of the loop's accumulator sums to a
-    // temporary and copies them back (with the table on whole words: 5 vmovdqa per step of the
-    // 4 x 2 block, and 3 accumulators spilled to the stack), and on AMD Zen 1 every 256-bit copy
-    // issues as two vector operations (benchmarks/RESULTS.md, "AVX2 accumulators added in place").
+    // acc + the popcount of each byte of d, all below 16 (a nibble table lookup).
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
-        const __m256i counts = _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                                                    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), d[0]);
-        asm("vpaddb %1, %0, %0" : "+x"(acc) : "x"(counts));
-        return acc;
+        return add_bytes(acc, _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                                                   0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), d[0]));
     }
     using Total = Vec;  // 64-bit counts per lane
     static Total zero_total() { return zero(); }

@@ -18,18 +18,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CPUS = ["neoverse-n1", "cortex-a76", "cortex-a55"]
-# (define, channels per block (MB), pixels (P)) as in the Isa traits.
-ISAS = {"neon": ("BINARIZE_ISA_NEON", 8, 4), "scalar": ("BINARIZE_ISA_SCALAR", 4, 4)}
+# (define, channels per block (MB), pixels (P), vectors per block (kVectors)) as in the Isa traits.
+ISAS = {"neon": ("BINARIZE_ISA_NEON", 8, 4, 4), "scalar": ("BINARIZE_ISA_SCALAR", 4, 4, 4)}
 
 
-def hot_loop(assembly: str, isa: str) -> str:
-    """The innermost `cnt` loop of the 4-pixel tile without residuals (from its label to the branch
-    back to it): in conv_block<4, 0>, or in conv_blocks<0> where GCC inlines the tiles there (the
-    scalar path), whose 4-pixel loop is the one with the most `cnt` instructions."""
-    function = (re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4ELi0EE\S*:$(.*?)\.size", assembly, re.M | re.S)
-                or re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blocksILi0EE\S*:$(.*?)\.size", assembly, re.M | re.S))
+def hot_loop(assembly: str, isa: str, vectors: int) -> str:
+    """The innermost `cnt` loop of the 4-pixel tile of a whole channel block (`vectors` vectors)
+    without residuals (from its label to the branch back to it): in conv_block<4, vectors, 0>, or in
+    conv_blocks<vectors, 0> where GCC inlines the tiles there (the scalar path), whose 4-pixel loop
+    is the one with the most `cnt` instructions."""
+    function = (re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4ELi{vectors}ELi0EE\S*:$(.*?)\.size", assembly,
+                          re.M | re.S)
+                or re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blocksILi{vectors}ELi0EE\S*:$(.*?)\.size", assembly,
+                             re.M | re.S))
     if function is None:
-        raise RuntimeError(f"neither conv_block<4, 0> nor conv_blocks<0> found for {isa}")
+        raise RuntimeError(f"neither conv_block<4, {vectors}, 0> nor conv_blocks<{vectors}, 0> found for {isa}")
     lines = function.group(1).splitlines()
     loops = []
     for start, line in enumerate(lines):
@@ -47,16 +50,20 @@ def hot_loop(assembly: str, isa: str) -> str:
     return max(loops, key=lambda loop: loop.count("\tcnt\t"))
 
 
+def assembly_for(define: str) -> str:
+    """kernels/src/isa_kernels.cpp compiled for aarch64 with `define` (-O3, as the library build)."""
+    return subprocess.run(
+        ["aarch64-linux-gnu-g++", "-std=c++17", "-O3", "-fno-math-errno", "-S", f"-D{define}",
+         f"-I{ROOT / 'kernels/src'}", str(ROOT / "kernels/src/isa_kernels.cpp"), "-o", "-"],
+        check=True, capture_output=True, text=True).stdout
+
+
 def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for isa, (define, channels, pixels) in ISAS.items():
-            assembly = subprocess.run(
-                ["aarch64-linux-gnu-g++", "-std=c++17", "-O3", "-fno-math-errno", "-S", f"-D{define}",
-                 f"-I{ROOT / 'kernels/src'}", str(ROOT / "kernels/src/isa_kernels.cpp"), "-o", "-"],
-                check=True, capture_output=True, text=True).stdout
+        for isa, (define, channels, pixels, vectors) in ISAS.items():
             loop = Path(tmp, f"{isa}.s")
-            loop.write_text(hot_loop(assembly, isa))
+            loop.write_text(hot_loop(assembly_for(define), isa, vectors))
             for cpu in CPUS:
                 report = subprocess.run(["llvm-mca-19", "-mtriple=aarch64-linux-gnu", f"-mcpu={cpu}",
                                          "-iterations=1000", str(loop)], check=True, capture_output=True, text=True).stdout

@@ -220,18 +220,19 @@ def measure_clock_ghz(workdir: Path, iterations=100_000, repeats=60):
     return 64 * iterations / fastest_seconds(lambda: add_chain(iterations, 1), repeats) / 1e9
 
 
-def _step_asm(activation, activation_bytes, compare, count, add, weight_load, pixels, vectors, register, first_acc,
+def _step_asm(load_activation, compare, count, add, weight_load, pixels, vectors, register, first_acc,
               temps, lane_bytes, first_weight):
-    """One reduction step of a register block as GCC compiles the path's loop: per pixel a load of its
-    activation (`activation`: a broadcast word, or AVX2's 16-byte count table), per vector its
-    comparison with the weights (`compare`: a xor, or the table lookup; the weights are registers
-    loaded once per step by `weight_load`, or memory operands where it is None), `count` (a
-    popcount, or nothing after a lookup) and an add into the block's accumulator."""
+    """One reduction step (or sub-step) of a register block as GCC compiles the path's loop: per
+    pixel the load of its activation operand into register 1 (`load_activation(p)`: a broadcast
+    word, or AVX2's byte table, looked up from the activation byte), per vector its comparison with
+    the weights (`compare`: a xor, or the table lookup; the weights are registers loaded once per
+    step by `weight_load`, or memory operands where it is None), `count` (a popcount, or nothing
+    after a lookup) and an add into the block's accumulator."""
     lines, temp = [], 0
     if weight_load:
         lines += [f"{weight_load} {lane_bytes * v}(%[w]), %%{register}{first_weight + v}" for v in range(vectors)]
     for p in range(pixels):
-        lines.append(f"{activation} {activation_bytes * p}(%[a]), %%{register}1")
+        lines += load_activation(p)
         for v in range(vectors):
             t = f"%%{register}{temps[temp % len(temps)]}"
             temp += 1
@@ -242,15 +243,19 @@ def _step_asm(activation, activation_bytes, compare, count, add, weight_load, pi
 
 
 # The inner loop's step alone, per path that has one here: (compiler flags, asm of one step, vector
-# registers it writes, binary MACs per step). avx2: 4 pixels x 2 vectors of 32 channels, a lookup in
-# each pixel's count table per 32 channels x 4 inputs, the 2 weight vectors loaded once per step;
-# avx512: 6 pixels x 4 vectors of 8 words (vpopcntq), the 4 weight vectors loaded once per step.
+# registers and general registers it writes, binary MACs per step). avx2: one of a step's 8
+# sub-steps (a byte of the 64-channel word), 4 pixels x 2 vectors of 16 channels: per pixel its
+# activation byte, times 32, indexes the 8 KiB byte tables (here all in L1, as in the loop), one
+# lookup per 16 channels x 8 inputs, the 2 weight vectors loaded once per sub-step; avx512:
+# 6 pixels x 4 vectors of 8 words (vpopcntq), the 4 weight vectors loaded once per step.
 LOOP_STEPS = {
-    "avx2": (["-mavx2"], _step_asm("vbroadcasti128", 16, "vpshufb", lambda t: [], "vpaddb", "vmovdqu", 4, 2, "ymm", 2,
-                                   [10, 11, 14], 32, 12), 16, 4 * 2 * 32 * 4),
+    "avx2": (["-mavx2"],
+             _step_asm(lambda p: [f"movzbl {8 * p}(%[a]), %%eax", "shl $5, %%rax", "vmovdqu (%[a], %%rax), %%ymm1"],
+                       "vpshufb", lambda t: [], "vpaddb", "vmovdqu", 4, 2, "ymm", 2, [10, 11, 14], 32, 12),
+             16, ["rax"], 4 * 2 * 16 * 8),
     "avx512": (["-mavx512f", "-mavx512vpopcntdq"],
-               _step_asm("vpbroadcastq", 8, "vpxorq", lambda t: [f"vpopcntq {t}, {t}"], "vpaddq", "vmovdqu64", 6, 4,
-                         "zmm", 4, [0, 2, 3], 64, 28), 32, 6 * 4 * 512),
+               _step_asm(lambda p: [f"vpbroadcastq {8 * p}(%[a]), %%zmm1"], "vpxorq", lambda t: [f"vpopcntq {t}, {t}"],
+                         "vpaddq", "vmovdqu64", 6, 4, "zmm", 4, [0, 2, 3], 64, 28), 32, [], 6 * 4 * 512),
 }
 LOOP_STEP_SOURCE = """
 #include <stdint.h>
@@ -268,8 +273,8 @@ def measure_step_limit(isa: str, ghz: float, workdir: Path, iterations=20_000, r
     flushes. None for a path without a step here, one this CPU cannot run, or without a C compiler."""
     if isa not in LOOP_STEPS or isa not in available_isas():
         return None
-    flags, step, registers, macs = LOOP_STEPS[isa]
-    clobbers = ", ".join(f'"xmm{r}"' for r in range(registers))
+    flags, step, registers, general_registers, macs = LOOP_STEPS[isa]
+    clobbers = ", ".join([f'"xmm{r}"' for r in range(registers)] + [f'"{r}"' for r in general_registers])
     source = LOOP_STEP_SOURCE.replace("STEP", step).replace("CLOBBERS", clobbers)
     loop_steps = compiled_function(workdir, f"steps_{isa}", "loop_steps", source,
                                    [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_void_p], None, flags)

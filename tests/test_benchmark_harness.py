@@ -31,8 +31,9 @@ def test_a_loop_step_alone_is_faster_than_the_loop_in_place(isa, tmp_path):
     same instructions without the register blocks' setup and flushes. Mutations caught: the avx2 step
     of nibble parts counted as 512 binary MACs (one byte lane per bit instead of a nibble of 4) read
     40 against the loop's 66 on AMD Zen 1; the step of count tables counted as 256 (one product per
-    lookup byte instead of 4) read a quarter of its 194, below the loop's 110, on AMD Zen 3. A path
-    this CPU cannot run is not measured (no illegal instruction)."""
+    lookup byte instead of 4) read a quarter of its 194, below the loop's 110, on AMD Zen 3; the
+    sub-step of byte tables counted as 256 (2 products per lookup byte instead of 8) read 32 against
+    the loop's 82 there. A path this CPU cannot run is not measured (no illegal instruction)."""
     if isa not in available_isas():
         assert bench_kernels.measure_step_limit(isa, 3.0, tmp_path) is None
         return

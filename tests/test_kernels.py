@@ -18,7 +18,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from binarize import packing
 from binarize.kernels import available_isas, library_path
-from kernel_paths import ALL_PATHS, kernel_path
 
 try:
     library_path()
@@ -28,23 +27,15 @@ except FileNotFoundError as error:  # make the cause obvious instead of 100 iden
 from binarize import runtime  # noqa: E402  (after the library check, for a clearer failure)
 
 ISAS = available_isas()
+# Every kernel path the library has; a path this CPU lacks is skipped, never failed.
+# (Which paths the CPU offers is tested against /proc/cpuinfo in test_cpu_detection.py.)
+ALL_ISAS = ["avx512", "avx512bw", "avx2", "neon", "scalar", "reference"]
 
 
 def each_isa(test):
-    """Runs `test` once per kernel path (kernel_paths.ALL_PATHS: the avx2 path once per counting),
-    skipping the paths this CPU cannot run, never failing them. (Which paths the CPU offers is
-    tested against /proc/cpuinfo in test_cpu_detection.py.)"""
-    params = [pytest.param(path, marks=pytest.mark.skipif(path.partition("/")[0] not in ISAS,
-                                                          reason=f"this CPU cannot run the {path} path"))
-              for path in ALL_PATHS]
-    return pytest.mark.parametrize("isa", params, indirect=True)(test)
-
-
-@pytest.fixture
-def isa(request):
-    """The isa of the test's kernel path, with the path's avx2 counting forced while the test runs."""
-    with kernel_path(request.param) as name:
-        yield name
+    """Runs `test` once per kernel path, skipping the paths this CPU cannot run."""
+    marks = {isa: pytest.mark.skipif(isa not in ISAS, reason=f"this CPU cannot run the {isa} path") for isa in ALL_ISAS}
+    return pytest.mark.parametrize("isa", [pytest.param(isa, marks=marks[isa]) for isa in ALL_ISAS])(test)
 
 
 def sign(x: torch.Tensor) -> torch.Tensor:
@@ -129,8 +120,8 @@ def test_conv_matches_pytorch_on_every_isa(case, isa):
 def test_byte_counters_at_their_largest_counts(signs, isa):
     """Every input sign against every weight sign (or with it) over 3 x 3 x 1024 channels: the
     kernels' per-byte counters take their largest count on every reduction step (8 per step for
-    whole words, 4 for nibble parts) for hundreds of steps, so a counter folded too late
-    overflows here, where random signs would stay far below it."""
+    whole words, 32 per 64-channel step for the avx2 byte tables) for hundreds of steps, so a
+    counter folded too late overflows here, where random signs would stay far below it."""
     c, m = 1024, 8
     x = -np.ones((1, c, 5, 6), np.float32)  # every bit 1
     w_signs = np.full((m, c, 3, 3), 1.0 if signs == "disagree" else -1.0, np.float32)
@@ -142,23 +133,16 @@ def test_byte_counters_at_their_largest_counts(signs, isa):
     np.testing.assert_array_equal(d, expected, err_msg=f"integer D differs on {isa}")
 
 
-@pytest.mark.skipif("avx2" not in ISAS, reason="this CPU cannot run the avx2 path")
-def test_an_unknown_avx2_counting_is_an_error(monkeypatch):
-    monkeypatch.setenv("BINARIZE_AVX2_COUNTING", "popcnt")
-    model = conv_model((1, 8, 3, 3), np.ones((4, 8, 3, 3), np.float32), np.ones(4, np.float32), np.zeros(4, np.float32))
-    with pytest.raises(Exception, match="BINARIZE_AVX2_COUNTING=popcnt is not a counting of the avx2 path"):
-        runtime.session(model, isa="avx2").run(None, {"X": np.ones((1, 8, 3, 3), np.float32)})
-
-
 @each_isa
 @pytest.mark.parametrize("signs", ["disagree", "agree", "random"])
 def test_counts_past_16_bits(signs, isa):
-    """A reduction of 70,400 sign products (BinaryLinear, 70,400 features): more than 16-bit counts
-    hold. The avx2 path counts a tile in 16-bit lanes and folds them into 32-bit totals every 256
-    flushes (16,128 steps of 4 products), so the disagreeing signs (every product counted) would
-    wrap around there if a fold were missed, and the random ones check the fold's arithmetic."""
-    features, m = 70_400, 3
-    rng = np.random.default_rng(70_400)
+    """A reduction of 140,800 sign products (BinaryLinear, 140,800 features): more than 16-bit counts
+    hold. The avx2 path counts a tile in 16-bit lanes, half of the inputs in each (a byte's low and
+    high nibbles), and folds them into 32-bit totals every 256 flushes (1,792 steps of 64
+    products), so the disagreeing signs (every product counted: 70,400 per lane) would wrap
+    around there if a fold were missed, and the random ones check the fold's arithmetic."""
+    features, m = 140_800, 3
+    rng = np.random.default_rng(140_800)
     x = random_input(rng, (2, features)) if signs == "random" else -np.ones((2, features), np.float32)
     w_signs = (random_signs(rng, (m, features)) if signs == "random"
                else np.full((m, features), 1.0 if signs == "disagree" else -1.0, np.float32))
@@ -174,15 +158,15 @@ def test_counts_past_16_bits(signs, isa):
 
 @each_isa
 @pytest.mark.parametrize("case", [
-    (2, 64, 90, 70, 40, 3, 1, (1, 1, 1, 1)),    # 64-channel count tables of 70 pixels: ~18 KB a row
-    (1, 130, 61, 33, 70, 3, 2, (1, 0, 2, 1)),   # strided, asymmetric pads
-    (1, 64, 97, 40, 8, 5, 1, (0, 2, 4, 2)),     # bands whose first rows are padding
+    (2, 512, 90, 70, 12, 3, 1, (1, 1, 1, 1)),   # 512 channels of 70 pixels: 4.5 KB a row
+    (1, 520, 121, 33, 9, 3, 2, (1, 0, 2, 1)),   # strided, asymmetric pads
+    (1, 512, 160, 40, 8, 5, 1, (0, 2, 4, 2)),   # bands whose first rows are padding
 ], ids=lambda c: "N{}C{}H{}W{}M{}k{}s{}p{}".format(*c))
 def test_images_computed_in_bands_match_pytorch(case, isa):
-    """Images whose packed input (the avx2 path's count tables: 4 bytes per input channel and
-    pixel) spans several of the kernel's 256 KiB bands, each packed just before it is computed:
-    every band must have its input rows packed, including the halo rows the band before it
-    packed and the ones past its last output row."""
+    """Images whose packed input (8 bytes per 64 input channels and pixel) spans several of the
+    kernel's 256 KiB bands, each packed just before it is computed: every band must have its
+    input rows packed, including the halo rows the band before it packed and the ones past its
+    last output row."""
     n, c, h, w, m, k, stride, pads = case
     rng = np.random.default_rng(h * w)
     x = random_input(rng, (n, c, h, w))
@@ -196,15 +180,15 @@ def test_images_computed_in_bands_match_pytorch(case, isa):
 
 @each_isa
 def test_linear_rows_computed_in_bands_match_pytorch(isa):
-    """BinaryLinear over 2,500 rows of 130 features (avx2: 768 bytes of count tables a row, so
+    """BinaryLinear over 3,000 rows of 1,000 features (128 bytes of packed signs a row, so
     several 256 KiB bands of rows)."""
-    rng = np.random.default_rng(2500)
-    x = random_input(rng, (2500, 130))
-    w_signs = random_signs(rng, (20, 130))
+    rng = np.random.default_rng(3000)
+    x = random_input(rng, (3000, 1000))
+    w_signs = random_signs(rng, (20, 1000))
     ones, zeros = np.ones(20, np.float32), np.zeros(20, np.float32)
     expected = (sign(torch.from_numpy(x)).double() @ torch.from_numpy(w_signs).double().T).numpy()
     model = make_model("BinaryLinear", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": ones, "bias": zeros},
-                       in_features=130)
+                       in_features=1000)
     d = runtime.session(model, threads=2, isa=isa).run(None, {"X": x})[0]
     np.testing.assert_array_equal(d, expected, err_msg=f"integer D differs on {isa}")
 
@@ -213,10 +197,10 @@ def test_linear_rows_computed_in_bands_match_pytorch(isa):
 @pytest.mark.parametrize("pad", [5793, 8192])
 def test_padded_image_limit_counts_64_channel_words_on_every_path(pad):
     """The operator's limit on the zero-padded packed image (SPEC.md: 2^28 words of 64 channels) is the
-    same on every path, though the avx2 path stores each word as 256 bytes of count tables: an image of
-    11,587^2 words (over half the limit) runs there (on the reference path: its 32 GiB of tables are
-    over the kernel's 1 GiB for a call's packed input), one of 16,385^2 (over the limit) is refused
-    with the same message as on the reference path."""
+    same on every path: an image of 11,587^2 words (over half the limit) runs on the avx2 path (there
+    on the reference path: its 1.0 GiB of packed words are just over the kernel's 1 GiB for a
+    call's packed input), one of 16,385^2 (over the limit) is refused with the same message as on
+    the reference path."""
     side = 1 + 2 * pad
     model = conv_model((1, 64, 1, 1), np.ones((2, 64, 1, 1), np.float32), np.ones(2, np.float32),
                        np.array([0.5, -0.5], np.float32), stride=(side, side), pads=(pad, pad, pad, pad))

@@ -1,8 +1,6 @@
 #include "binary_conv_kernel.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "errors.h"
 #include "reference_kernels.h"
@@ -49,7 +47,7 @@ void prepare_weights(const ConvConfig& config, const IsaKernels* kernels, const 
     if (kernels == nullptr) return;  // the reference path reads the original layout
     const int64_t block = kernels->channels_per_block;
     weights.out_channels_padded = (out_channels + block - 1) / block * block;
-    const int64_t bytes = weights.out_channels_padded * taps * cw * kernels->word_steps * kernels->weight_step_bytes;
+    const int64_t bytes = weights.out_channels_padded * taps * cw * kernels->weight_step_bytes;
     weights.blocked.assign((bytes + 7) / 8, 0);
     kernels->block_weights(words, out_channels, taps * cw, weights.blocked.data());
 }
@@ -86,7 +84,8 @@ constexpr int64_t kPackTaskPixels = 512;  // a multiple of the kernels' 16-pixel
 // An image is packed and convolved in bands of output pixels whose packed input takes about this
 // much (half of a 512 KiB L2 cache): each band's input is packed just before the band is computed,
 // so the convolution reads it from the cache the packing wrote it to, where packing the whole
-// image first evicted it (the avx2 path's count tables take 4 bytes per input channel).
+// image first evicted it (8 bytes per 64 input channels and pixel: one band up to a 180 x 180
+// image of 64 channels, 90 x 90 of 256).
 constexpr int64_t kBandBytes = 256 * 1024;
 
 struct ParallelPack {
@@ -121,9 +120,9 @@ constexpr int64_t kReusedPackedWords = int64_t{1} << 23;
 
 // `words` packed words for one call: the calling thread's buffer, reused from call to call up to
 // kReusedPackedWords (the pack tasks on other threads write into it), else `call_buffer`. A new
-// buffer per call is fresh memory from the system when it is large, and this VM's page faults
-// made the avx2 path's 162 KB count tables of a 512@7 layer cost 1.7x the convolution's time
-// (benchmarks/RESULTS.md, "AVX2 counting by activation count tables").
+// buffer per call is fresh memory from the system when it is large (glibc maps every block over
+// 128 KiB anew), and this VM's page faults made a fresh 162 KB buffer per call cost 1.7x a 512@7
+// layer's convolution time (benchmarks/RESULTS.md, "AVX2 counting by activation count tables").
 uint64_t* packed_buffer(int64_t words, std::vector<uint64_t>& call_buffer) {
     thread_local std::vector<uint64_t> reused;
     std::vector<uint64_t>& buffer = words <= kReusedPackedWords ? reused : call_buffer;
@@ -148,31 +147,12 @@ void zero_padding(uint64_t* image, const ConvShape& shape, int64_t height, int64
 // Aim for enough tasks to balance a few threads without making each task tiny.
 constexpr int64_t kTargetTasksPerImage = 64;
 
-// The kernels of path `isa` for a layer. The avx2 path counts with activation count tables (4
-// bytes per input channel and pixel, written by the packing) where the kernel has several taps,
-// each table read once per tap; in a 1 x 1 layer it counts on nibble parts, whose packed input is
-// 1/16 of the tables. On AMD Zen 3 the tables took 0.67-0.81 of the nibble parts' time in 1x1
-// layers with M >= 2 C run alone (1.10-1.30 below), but 0.89-1.34 in ResNet-50, whose layers read
-// their input and weights cold from L3 (benchmarks/RESULTS.md, "AVX2 counting by activation count
-// tables"). BINARIZE_AVX2_COUNTING = tables or nibbles forces one (the tests run both).
-const IsaKernels* layer_kernels(Isa isa, const ConvConfig& config) {
-    if (isa != Isa::avx2) return isa_kernels(isa);
-    bool tables = config.taps() > 1;
-    if (const char* forced = std::getenv("BINARIZE_AVX2_COUNTING"); forced != nullptr && *forced != '\0') {
-        const std::string counting = forced;
-        if (counting != "tables" && counting != "nibbles")
-            fail(config.op, "BINARIZE_AVX2_COUNTING=", counting, " is not a counting of the avx2 path (tables, nibbles)");
-        tables = counting == "tables";
-    }
-    return tables ? isa_kernels(isa) : avx2_nibble_kernels();
-}
-
 }  // namespace
 
 BinaryConvKernel::BinaryConvKernel(const OrtApi& api, const OrtKernelInfo* info, bool linear, Isa isa)
     : config_(linear ? read_linear_config(api, info) : read_conv_config(api, info)),
       isa_(isa),
-      kernels_(layer_kernels(isa_, config_)) {
+      kernels_(isa_kernels(isa_)) {
     int is_constant = 0;
     const OrtValue* value = nullptr;
     Ort::ThrowOnError(api.KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &value));
@@ -254,8 +234,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
         return;
     }
     // Checked on every path, before any table or buffer is built.
-    const ConvShape shape = conv_shape(config_, height, width, kernels_ == nullptr ? 1 : kernels_->word_steps,
-                                       kernels_ == nullptr ? 1 : kernels_->step_words);
+    const ConvShape shape = conv_shape(config_, height, width);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
     const Residuals residuals{
         {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
@@ -272,9 +251,9 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t out_pixel_stride = config_.linear ? m : 1;
     const int64_t image_stride = config_.channels * height * width;
 
-    // The packed activations of all images, in the path's layout (the avx2 count tables take 32
-    // words per 64 channels); beyond kMaxPackedWords, a rare shape (a huge padding or batch), the
-    // call runs on the reference path, which needs no packed buffer, instead of allocating it.
+    // The packed activations of all images; beyond kMaxPackedWords, a rare shape (a huge padding
+    // or batch), the call runs on the reference path, which needs no packed buffer, instead of
+    // allocating it.
     int64_t packed_words = 0;
     const bool packed_too_large = kernels_ != nullptr &&
         (__builtin_mul_overflow(images, shape.packed_image_words, &packed_words) || packed_words > kMaxPackedWords);
@@ -311,7 +290,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t blocks_per_group = std::max<int64_t>(1, pixel_blocks * channel_blocks / kTargetTasksPerImage);
     const int64_t block_groups = (pixel_blocks + blocks_per_group - 1) / blocks_per_group;
     const ConvArgs conv_args{packed, packed_image_words, weights->blocked.data(),
-                             config_.taps() * cw * kernels_->word_steps, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
+                             config_.taps() * cw, geometry->step_offsets.data(), geometry->pixel_offsets.data(),
                              geometry->pixel_pattern.data(), geometry->pattern_base.data(), pixels, full_blocks, m,
                              weights->out_channels_padded, block_multiplier.data(), block_bias.data(), y,
                              out_image_stride, out_channel_stride, out_pixel_stride, residuals};
@@ -352,8 +331,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
 // with constant weights they are cached for the last input size seen.
 std::shared_ptr<const Geometry> BinaryConvKernel::geometry_for(const Weights& weights, const ConvShape& shape) {
     auto build = [&] {
-        return make_geometry(config_, shape, weights.tap_popcount, weights.out_channels, weights.out_channels_padded,
-                             kernels_->padding_counts_weights);
+        return make_geometry(config_, shape, weights.tap_popcount, weights.out_channels, weights.out_channels_padded);
     };
     if (&weights != constant_weights_.get()) return build();
     std::lock_guard<std::mutex> lock(geometry_mutex_);

@@ -62,14 +62,6 @@ const IsaKernels* isa_kernels(Isa isa) {
     }
 }
 
-const IsaKernels* avx2_nibble_kernels() {
-#if defined(BINARIZE_X86_KERNELS)
-    return &isa_avx2_nibbles::kernels;
-#else
-    return nullptr;
-#endif
-}
-
 std::string available_isa_list() {
     std::string list;
     for (Isa isa : kAllIsas)

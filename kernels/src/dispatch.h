@@ -15,9 +15,6 @@ enum class Isa { reference, scalar, avx2, avx512bw, avx512, neon };
 const char* isa_name(Isa isa);
 // The ISA kernels of a path; nullptr for the reference path (reference_kernels.h).
 const IsaKernels* isa_kernels(Isa isa);
-// The avx2 path's counting on nibble parts, for the layers where its count tables do not pay
-// (BinaryConvKernel::layer_kernels); nullptr where the library has no x86 kernels.
-const IsaKernels* avx2_nibble_kernels();
 // Paths this CPU can run, fastest first, comma-separated (e.g. "avx512,avx512bw,avx2,scalar,reference").
 std::string available_isa_list();
 

@@ -60,14 +60,13 @@ std::vector<int32_t> validity_classes(int64_t out, int64_t in, int64_t pad, int6
 
 }  // namespace
 
-ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width, int64_t word_steps, int64_t step_words) {
+ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width) {
     ConvShape s;
     s.height = height;
     s.width = width;
     s.out_h = output_size(c, "height", height, c.pad_top, c.pad_bottom, c.kernel_h, c.stride_h, c.dilation_h, s.padded_h);
     s.out_w = output_size(c, "width", width, c.pad_left, c.pad_right, c.kernel_w, c.stride_w, c.dilation_w, s.padded_w);
     const int64_t padded_pixels = checked_mul(c.op, "padded input pixels", s.padded_h, s.padded_w);
-    // The limit is the operator's (SPEC.md), in 64-channel words whatever the path stores them as.
     const int64_t image_words = checked_mul(c.op, "packed input words per image", padded_pixels, c.channel_words());
     // BinaryLinear's "image" is its rows, as large as X itself; a convolution's padding is not.
     if (!c.linear && image_words > kMaxPaddedImageWords)
@@ -75,26 +74,24 @@ ConvShape conv_shape(const ConvConfig& c, int64_t height, int64_t width, int64_t
              " words = ", image_words, " packed words exceeds the limit of ", kMaxPaddedImageWords,
              " (input ", height, " x ", width, ", pads [", c.pad_top, ", ", c.pad_left, ", ", c.pad_bottom, ", ",
              c.pad_right, "])");
-    s.step_words = step_words;
-    s.pixel_words = c.channel_words() * word_steps * step_words;
-    s.packed_image_words = checked_mul(c.op, "packed input words per image", padded_pixels, s.pixel_words);
+    s.pixel_words = c.channel_words();
+    s.packed_image_words = image_words;
     return s;
 }
 
 // Every table index below is bounded by padded_h * padded_w * pixel_words <= kMaxPaddedImageWords
-// * word_steps * step_words (or by the size of X times those for BinaryLinear), so the offsets
-// cannot overflow.
+// (or by the size of X for BinaryLinear), so the offsets cannot overflow.
 std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvShape& shape,
                                               const std::vector<int64_t>& tap_popcount, int64_t out_channels,
-                                              int64_t out_channels_padded, bool padding_counts_weights) {
+                                              int64_t out_channels_padded) {
     auto g = std::make_shared<Geometry>();
     g->shape = shape;
-    const int64_t words = shape.pixel_words;  // packed words per pixel, the steps of every channel word
+    const int64_t words = shape.pixel_words;  // packed words per pixel
 
-    g->step_offsets.reserve(c.taps() * words / shape.step_words);
+    g->step_offsets.reserve(c.taps() * words);
     for (int64_t kh = 0; kh < c.kernel_h; ++kh)
         for (int64_t kw = 0; kw < c.kernel_w; ++kw)
-            for (int64_t i = 0; i < words; i += shape.step_words)
+            for (int64_t i = 0; i < words; ++i)
                 g->step_offsets.push_back((kh * c.dilation_h * shape.padded_w + kw * c.dilation_w) * words + i);
 
     std::vector<std::pair<int64_t, int64_t>> row_taps, col_taps;
@@ -112,8 +109,7 @@ std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvSha
 
     // D = (valid taps) * C - 2 * (popcount over valid taps)
     //   = (valid taps) * C + 2 * (weight popcount of padded taps) - 2 * (popcount over all taps),
-    // because a padded tap reads zero activation words and so counts exactly its weight bits
-    // (padding_counts_weights; the AVX2 count tables of a zero word count nothing there).
+    // because a padded tap reads zero activation words and so counts exactly its weight bits.
     // The valid taps of a pattern are a rectangle of the kernel: summed from a prefix-sum table
     // of the tap popcounts, so the cost does not grow with the kernel area per pattern.
     const int64_t kh_n = c.kernel_h, kw_n = c.kernel_w;
@@ -132,7 +128,7 @@ std::shared_ptr<const Geometry> make_geometry(const ConvConfig& c, const ConvSha
             const auto [c0, c1] = col_taps[pattern % col_classes];
             const int64_t valid_popcount = prefix[r1 * (kw_n + 1) + c1] - prefix[r0 * (kw_n + 1) + c1] -
                                            prefix[r1 * (kw_n + 1) + c0] + prefix[r0 * (kw_n + 1) + c0];
-            const int64_t base = (r1 - r0) * (c1 - c0) * c.channels + (padding_counts_weights ? 2 * (total - valid_popcount) : 0);
+            const int64_t base = (r1 - r0) * (c1 - c0) * c.channels + 2 * (total - valid_popcount);
             g->pattern_base[pattern * m_padded + m] = static_cast<int32_t>(base);
         }
     }

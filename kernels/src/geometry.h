@@ -20,14 +20,12 @@ struct ConvShape {
     int64_t height = -1, width = -1;  // the input size this is for
     int64_t out_h = 0, out_w = 0;
     int64_t padded_h = 0, padded_w = 0;
-    int64_t step_words = 1;           // the packed words one reduction step reads (IsaKernels::step_words)
-    int64_t pixel_words = 0;          // ceil(C/64) * word_steps * step_words: the packed words of one pixel
+    int64_t pixel_words = 0;          // ceil(C/64): the packed words of one pixel
     int64_t packed_image_words = 0;   // padded_h * padded_w * pixel_words
 };
 
 // Throws when the input is smaller than the dilated kernel or a size exceeds its limit.
-// word_steps, step_words: the kernels' IsaKernels fields (1, 1 for the reference path).
-ConvShape conv_shape(const ConvConfig& config, int64_t height, int64_t width, int64_t word_steps, int64_t step_words);
+ConvShape conv_shape(const ConvConfig& config, int64_t height, int64_t width);
 
 struct Geometry {
     ConvShape shape;
@@ -38,9 +36,9 @@ struct Geometry {
 };
 
 // The tables for `shape`; tap_popcount is [M][KH*KW], the popcount of each weight tap's words
-// (the padding correction depends on the weights, where padding_counts_weights: IsaKernels).
+// (the padding correction depends on the weights).
 std::shared_ptr<const Geometry> make_geometry(const ConvConfig& config, const ConvShape& shape,
                                               const std::vector<int64_t>& tap_popcount, int64_t out_channels,
-                                              int64_t out_channels_padded, bool padding_counts_weights);
+                                              int64_t out_channels_padded);
 
 }  // namespace binarize

@@ -1,8 +1,7 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
 // CMake compiles this file once per path of the target: BINARIZE_ISA_SCALAR (baseline flags)
-// everywhere; on x86-64 BINARIZE_ISA_AVX2 and BINARIZE_ISA_AVX2_NIBBLES (-mavx2 -mpopcnt: the
-// avx2 path's two countings, chosen per layer), BINARIZE_ISA_AVX512BW (-mavx512f/bw/vl/dq) and
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW (-mavx512f/bw/vl/dq) and
 // BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64 BINARIZE_ISA_NEON (traits in
 // neon_isa.h). Only the `Isa` traits differ; the packing, the register-blocked loop and the
 // epilogue are the same source.
@@ -26,10 +25,6 @@
 #define BINARIZE_ISA_NAMESPACE isa_avx2
 #define BINARIZE_ISA_NAME "avx2"
 #include <immintrin.h>
-#elif defined(BINARIZE_ISA_AVX2_NIBBLES)
-#define BINARIZE_ISA_NAMESPACE isa_avx2_nibbles
-#define BINARIZE_ISA_NAME "avx2"
-#include <immintrin.h>
 #elif defined(BINARIZE_ISA_NEON)
 #define BINARIZE_ISA_NAMESPACE isa_neon
 #define BINARIZE_ISA_NAME "neon"
@@ -38,7 +33,7 @@
 #define BINARIZE_ISA_NAMESPACE isa_scalar
 #define BINARIZE_ISA_NAME "scalar"
 #else
-#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX2_NIBBLES, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
+#error "define one of BINARIZE_ISA_SCALAR, BINARIZE_ISA_AVX2, BINARIZE_ISA_AVX512BW, BINARIZE_ISA_AVX512, BINARIZE_ISA_NEON"
 #endif
 
 namespace binarize {
@@ -84,23 +79,21 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 
 // ---------------------------------------------------------------------------------------------
 // ISA traits. Each provides:
-//   Vec        the weights of kLanes output channels for one reduction step (whole words: one
-//              64-bit word per channel), or what a step compares them with;
-//   load / differ / zero            the operands of the hot loop: differ(activation, weights) is
-//              the step's comparison of one pixel's packed activation (at `activation`) with a
-//              weight vector: their xor, whose popcount counts the sign mismatches (whole words),
-//              or the mismatch counts themselves (AVX2's count tables);
+//   Vec        the weights of kLanes output channels for one reduction step (one 64-bit word of
+//              64 input channels per output channel), or for one of its kSubSteps sub-steps;
+//   kSubSteps / load / differ / zero   the operands of the hot loop: a step is counted in
+//              kSubSteps parts s (1, or AVX2's 8 bytes of the word); load(weights, s) loads part
+//              s of a weight vector and differ(activation, weights, s) compares it with part s of
+//              one pixel's packed activation word (at `activation`): their xor, whose popcount
+//              counts the sign mismatches, or the mismatch counts themselves (AVX2's byte tables);
 //   Acc, kGroup, add_popcounts, kStepsPerFlush         the counting: add_popcounts adds the
 //              counts of kGroup differ() results (consecutive reduction steps of one pixel and
 //              one channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
 //              multiple of kGroup);
 //   Total, zero_total, flush        exact totals per channel: flush(total, acc, steps) adds an Acc
 //              after `steps` reduction steps of the register block;
-//   kWordSteps, kStepWords, WeightElement, weight_step, store_word, kPaddingCountsWeights
-//              the layouts (kernel_api.h): a 64-channel word is kWordSteps reduction steps;
-//              the packing stores an activation word as kWordSteps * kStepWords words
-//              (store_word), the weight blocking a weight word as kWordSteps elements per channel
-//              (weight_step); whether a padding tap counts its weights' popcount;
+//   WeightElement, place_weight     the weight layout (kernel_api.h): one output channel's
+//              weights of one step, placed by place_weight among the step's MB elements;
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
 //              pixel, and their transposed store into NCHW (each channel's pixels contiguous);
 //   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
@@ -109,11 +102,9 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 // The loop reads each 64-bit word of 64 channels as it is, and counts the bits of an xor:
 // a padding tap (zero words) counts its weights.
 struct WholeWords {
-    static constexpr int kWordSteps = 1, kStepWords = 1;
-    static constexpr bool kPaddingCountsWeights = true;
+    static constexpr int kSubSteps = 1;
     using WeightElement = uint64_t;
-    static uint64_t weight_step(uint64_t word, int) { return word; }
-    static void store_word(uint64_t* out, uint64_t word) { *out = word; }
+    static void place_weight(uint64_t* step, int channel, uint64_t word) { step[channel] = word; }
 };
 
 // Counting without a vector popcount instruction, for AVX-512BW without VPOPCNTDQ (Skylake-SP,
@@ -212,8 +203,8 @@ struct Isa : Avx512Words, Avx512Counting {
     static constexpr int kLanes = 8, kVectors = 2, kPixels = 2, kLoopPixels = kPixels;
 #endif
     using Vec = __m512i;
-    static Vec load(const uint64_t* p) { return _mm512_loadu_si512(p); }
-    static Vec differ(const uint64_t* activation, Vec weights) {
+    static Vec load(const uint64_t* p, int) { return _mm512_loadu_si512(p); }
+    static Vec differ(const uint64_t* activation, Vec weights, int) {
         return _mm512_xor_si512(_mm512_set1_epi64(static_cast<long long>(*activation)), weights);
     }
 
@@ -287,12 +278,132 @@ struct Isa : Avx512Words, Avx512Counting {
         _mm512_storeu_si512(out16 + 8, words.hi);
     }
 };
-#elif defined(BINARIZE_ISA_AVX2) || defined(BINARIZE_ISA_AVX2_NIBBLES)
-// What both AVX2 countings share: the byte counters' add, the epilogue's transposed store of 4
-// channels and the packing's compares.
-struct Avx2Common {
+#elif defined(BINARIZE_ISA_AVX2)
+// The count tables of a byte b of 8 channels' signs: popcount((b & 15) ^ x), then
+// popcount((b >> 4) ^ x), for x = 0 .. 15 (kByteTables.bytes[b]; 8 KiB, see the Isa below).
+struct ByteTables { alignas(32) uint8_t bytes[256][32]; };
+constexpr ByteTables byte_tables() {
+    ByteTables t{};
+    for (int b = 0; b < 256; ++b)
+        for (int x = 0; x < 32; ++x) {
+            const int d = ((x < 16 ? b : b >> 4) & 15) ^ (x & 15);
+            t.bytes[b][x] = static_cast<uint8_t>((d & 1) + (d >> 1 & 1) + (d >> 2 & 1) + (d >> 3 & 1));
+        }
+    return t;
+}
+constexpr ByteTables kByteTables = byte_tables();
+
+// Counting by byte tables: AVX2 has no vector popcount, and its table instruction (vpshufb) maps
+// 4 bits to a byte. A reduction step is one 64-bit word of 64 input channels, counted in 8
+// sub-steps of one byte b (8 channels) each: kByteTables.bytes[b], loaded from the 8 KiB constant
+// table, holds popcount((b & 15) ^ x) in its low 128-bit lane and popcount((b >> 4) ^ x) in its
+// high lane, and one vpshufb with a weight vector that holds 16 output channels' low nibbles of
+// byte b in its low lane and their high nibbles in its high lane gives those channels' mismatch
+// counts over the byte's 8 inputs (low 4 inputs in one lane, high 4 in the other), added into
+// byte counters. The packed activations stay the plain sign words (8 bytes per 64 channels and
+// pixel, the layout of every path): the table is chosen by the byte's value, not written by the
+// packing. It replaced (2026-12-07) count tables that the packing wrote per nibble of the
+// activations (256 bytes per 64 channels and pixel) and, in 1x1 layers, nibble parts whose xor
+// with the weights was counted. On AMD Zen 3 the ResNet-18 3x3 layers took the same time within
+// 4 %, 224 x 224 and 448 x 448 maps 15-21 % less, whole models 0.92-1.07x (ResNet-50 gained most,
+// MobileNetV3-small's small 1x1 layers lost), though this step alone is slower (151 against 194
+// binary MACs per cycle: 4 more loads per sub-step), so the layers are not bound by the step
+// there (benchmarks/RESULTS.md, "AVX2 counting by byte tables").
+struct Isa {
     using Vec = __m256i;
     static Vec zero() { return _mm256_setzero_si256(); }
+    // The register block: 2 vectors x 16 channels, times 4 pixels = 8 byte counters, + 2 weight
+    // vectors and a table: 11-12 of the 16 ymm registers. Per sub-step 2 weight loads, 4 byte
+    // loads, 4 table loads and 8 lookups.
+    static constexpr int kLanes = 16, kVectors = 2, kPixels = 4, kLoopPixels = kPixels;
+    static constexpr int kSubSteps = 8;
+    // One output channel's weights of one step: 16 nibbles, which block_weights spreads over the
+    // step's 8 rows of 32 bytes per 16 channels (place_weight).
+    struct WeightElement { uint8_t nibbles[16]; };
+    static void place_weight(WeightElement* step, int channel, uint64_t word) {
+        uint8_t* rows = step[channel / kLanes * kLanes].nibbles;  // the 16 channels' 256 bytes
+        const int lane = channel % kLanes;
+        for (int s = 0; s < 8; ++s) {
+            rows[32 * s + lane] = static_cast<uint8_t>((word >> (8 * s)) & 15);
+            rows[32 * s + 16 + lane] = static_cast<uint8_t>((word >> (8 * s + 4)) & 15);
+        }
+    }
+
+    static Vec load(const WeightElement* p, int s) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p->nibbles + 32 * s)); }
+    static Vec differ(const uint64_t* activation, Vec weights, int s) {
+        const uint8_t byte = reinterpret_cast<const uint8_t*>(activation)[s];
+        return _mm256_shuffle_epi8(_mm256_load_si256(reinterpret_cast<const __m256i*>(kByteTables.bytes[byte])), weights);
+    }
+
+    static constexpr int kGroup = 1;
+    static constexpr int64_t kStepsPerFlush = 7;  // <= 32 per byte per step: 7 * 32 < 256
+    using Acc = Vec;
+    static Acc zero_acc() { return zero(); }
+    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return add_bytes(acc, d[0]); }  // d: the counts
+    // Exact totals of 16 channels: 16-bit counts (`low`: channels 0-7, `high`: 8-15, the order
+    // of vpunpck{l,h}bw; the low lane counts the low nibbles' inputs, the high lane the high
+    // ones'), which 256 flushes of <= 224 cannot overflow, folded into 32-bit `wide` counts
+    // (channels 8i .. 8i + 7 in wide[i]) every 256 flushes, i.e. only in a reduction of more
+    // than 1,792 steps (114,688 sign products): `folded` says whether `wide` holds counts, so
+    // that the common tile neither zeroes nor reads it.
+    static constexpr int64_t kStepsPerFold = 256 * kStepsPerFlush;
+    struct Total {
+        __m256i low, high, wide[2];
+        bool folded;
+    };
+    static Total zero_total() {
+        Total t;
+        t.low = t.high = zero();
+        t.folded = false;
+        return t;
+    }
+    static Total flush(Total t, Acc acc, int64_t steps) {
+        t.low = _mm256_add_epi16(t.low, _mm256_unpacklo_epi8(acc, zero()));
+        t.high = _mm256_add_epi16(t.high, _mm256_unpackhi_epi8(acc, zero()));
+        if (steps % kStepsPerFold == 0) {
+            for (int i = 0; i < 2; ++i) t.wide[i] = counts(t, i);
+            t.low = t.high = zero();
+            t.folded = true;
+        }
+        return t;
+    }
+    // Channels 8i .. 8i + 7 of a total, as 32-bit counts: the sum of both lanes.
+    static __m256i counts(const Total& t, int i) {
+        const __m256i& half = i == 0 ? t.low : t.high;
+        const __m256i count = _mm256_add_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(half)),
+                                               _mm256_cvtepu16_epi32(_mm256_extracti128_si256(half, 1)));
+        return t.folded ? _mm256_add_epi32(t.wide[i], count) : count;
+    }
+
+    // Epilogue on 16 channels of one pixel, 8 at a time (the counts are < 2^31).
+    struct Floats { __m256 eight[2]; };
+    static Floats affine(const Total& total, const int32_t* base, const float* multiplier, const float* bias) {
+        Floats y;
+        for (int i = 0; i < 2; ++i) {
+            const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 8 * i)),
+                                               _mm256_slli_epi32(counts(total, i), 1));
+            y.eight[i] = _mm256_loadu_ps(multiplier + 8 * i) * _mm256_cvtepi32_ps(d) + _mm256_loadu_ps(bias + 8 * i);
+        }
+        return y;
+    }
+    // 4 channels at a time (store_quad).
+    template <int NP>
+    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
+                              int pixels, int channels) {
+        static_assert(NP <= 4, "one 4 x 4 transpose per 4 channels");
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+            if (4 * q >= channels) break;
+            __m128 c[4];
+            for (int p = 0; p < 4; ++p) {
+                const __m256 eight = rows[p < NP ? p : 0].eight[q / 2];
+                c[p] = q % 2 == 0 ? _mm256_castps256_ps128(eight) : _mm256_extractf128_ps(eight, 1);
+            }
+            store_quad(out + 4 * q * channel_stride, residuals_at(residuals, 4 * q * channel_stride), channel_stride, c[0],
+                       c[1], c[2], c[3], pixels, channels - 4 * q < 4 ? channels - 4 * q : 4);
+        }
+    }
+
     // a + b per byte, added into a's register by an asm vpaddb: from the plain intrinsic GCC 12
     // writes most of the loop's accumulator sums to a temporary and copies them back (with the
     // table on whole words: 5 vmovdqa per step of the 4 x 2 block, and 3 accumulators spilled to
@@ -365,197 +476,6 @@ struct Avx2Common {
         for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
     }
 };
-
-#if defined(BINARIZE_ISA_AVX2)
-// The count tables of a byte b of 8 channels' signs: popcount((b & 15) ^ x), then
-// popcount((b >> 4) ^ x), for x = 0 .. 15 (kByteTables.bytes[b]; 8 KiB, see the Isa below).
-struct ByteTables { alignas(32) uint8_t bytes[256][32]; };
-constexpr ByteTables byte_tables() {
-    ByteTables t{};
-    for (int b = 0; b < 256; ++b)
-        for (int x = 0; x < 32; ++x) {
-            const int d = ((x < 16 ? b : b >> 4) & 15) ^ (x & 15);
-            t.bytes[b][x] = static_cast<uint8_t>((d & 1) + (d >> 1 & 1) + (d >> 2 & 1) + (d >> 3 & 1));
-        }
-    return t;
-}
-constexpr ByteTables kByteTables = byte_tables();
-
-// Counting by table lookup: AVX2 has no vector popcount, and its table instruction (vpshufb) maps
-// 4 bits to a byte. The packing stores each nibble of an activation word (4 input channels, value
-// a) as its count table, the 16 bytes popcount(a ^ x) for x = 0 .. 15, and the weight blocking
-// stores each weight nibble as one byte. A reduction step is one nibble: per pixel it broadcasts
-// the table to both 128-bit lanes, and one vpshufb with 32 weight nibbles as the index gives the
-// 32 output channels' mismatch counts over those 4 input channels, added into byte counters.
-// That is one lookup and one add per 32 channels x 4 inputs, with no xor and no broadcast in a
-// vector pipe (vbroadcasti128 from memory is a load), against an xor, a lookup and an add per
-// 16 channels x 4 inputs (as bytes of 64-bit words) with the nibble table applied to the xor
-// (the nibble parts below): on AMD Zen 3 the loop's step took 5.0 cycles for 1,024 sign products
-// against 6.2, the ResNet 3x3 layers 3-20 % less time and 8-22 % fewer instructions (benchmarks/
-// RESULTS.md, "AVX2 counting by activation count tables"). The price is the activation buffer:
-// 16 bytes per 4 channels per pixel (32x the packed signs), which binary_conv_kernel.cpp packs in
-// bands that stay in the L2 cache.
-struct Isa : Avx2Common {
-    // The register block: 2 vectors x 32 channels, times 4 pixels = 8 byte counters, + 2 weight
-    // vectors and the broadcast tables: 11-14 of the 16 ymm registers. The weights of a step are
-    // loaded once for the 4 pixels: per step 2 weight loads, 4 table broadcasts (loads) and 8
-    // lookups, within the two vector loads per cycle that Zen 3 measured here.
-    static constexpr int kLanes = 32, kVectors = 2, kPixels = 4, kLoopPixels = kPixels;
-    static constexpr int kWordSteps = 16, kStepWords = 2;
-    // A zero table (padding) counts nothing, whatever the weights.
-    static constexpr bool kPaddingCountsWeights = false;
-    using WeightElement = uint8_t;
-    static uint8_t weight_step(uint64_t word, int step) { return static_cast<uint8_t>((word >> (4 * step)) & 15); }
-    // The 16 count tables of a word, nibble n's at out + 2n: byte i of the word gives the tables of
-    // nibbles 2i (low) and 2i + 1 (high), one 32-byte copy from kByteTables. (Computing them, two
-    // vpshufb and an xor per byte, took more of the packing's vector pipes than the compares.)
-    static void store_word(uint64_t* out, uint64_t word) {
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; ++i)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 4 * i),
-                                _mm256_load_si256(reinterpret_cast<const __m256i*>(kByteTables.bytes[(word >> (8 * i)) & 255])));
-    }
-
-    static Vec load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    static Vec differ(const uint64_t* activation, Vec weights) {
-        const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(activation));
-        return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), weights);
-    }
-
-    static constexpr int kGroup = 1;
-    static constexpr int64_t kStepsPerFlush = 63;  // <= 4 per byte per step: 63 * 4 < 256
-    using Acc = Vec;
-    static Acc zero_acc() { return zero(); }
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return add_bytes(acc, d[0]); }  // d: the counts
-    // Exact totals of 32 channels: 16-bit counts (`low`: channels 0-7 and 16-23, `high`: 8-15
-    // and 24-31, the order of vpunpck{l,h}bw), which 256 flushes of <= 252 cannot overflow, folded
-    // into 32-bit `wide` counts (channels 8i .. 8i + 7 in wide[i]) every 256 flushes, i.e. only in
-    // a reduction of more than 16,128 steps (64,512 sign products): `folded` says whether `wide`
-    // holds counts, so that the common tile neither zeroes nor reads it. Two unpacks and two adds
-    // per flush, against six unpacks to widen the bytes to 32 bits.
-    static constexpr int64_t kStepsPerFold = 256 * kStepsPerFlush;
-    struct Total {
-        __m256i low, high, wide[4];
-        bool folded;
-    };
-    static Total zero_total() {
-        Total t;
-        t.low = t.high = zero();
-        t.folded = false;
-        return t;
-    }
-    static Total flush(Total t, Acc acc, int64_t steps) {
-        t.low = _mm256_add_epi16(t.low, _mm256_unpacklo_epi8(acc, zero()));
-        t.high = _mm256_add_epi16(t.high, _mm256_unpackhi_epi8(acc, zero()));
-        if (steps % kStepsPerFold == 0) {
-            for (int i = 0; i < 4; ++i) t.wide[i] = counts(t, i);
-            t.low = t.high = zero();
-            t.folded = true;
-        }
-        return t;
-    }
-    // Channels 8i .. 8i + 7 of a total, as 32-bit counts.
-    static __m256i counts(const Total& t, int i) {
-        const __m256i& half = i % 2 == 0 ? t.low : t.high;
-        const __m256i count = _mm256_cvtepu16_epi32(i < 2 ? _mm256_castsi256_si128(half) : _mm256_extracti128_si256(half, 1));
-        return t.folded ? _mm256_add_epi32(t.wide[i], count) : count;
-    }
-
-    // Epilogue on 32 channels of one pixel, 8 at a time (the counts are < 2^31).
-    struct Floats { __m256 eight[4]; };
-    static Floats affine(const Total& total, const int32_t* base, const float* multiplier, const float* bias) {
-        Floats y;
-        for (int i = 0; i < 4; ++i) {
-            const __m256i d = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + 8 * i)),
-                                               _mm256_slli_epi32(counts(total, i), 1));
-            y.eight[i] = _mm256_loadu_ps(multiplier + 8 * i) * _mm256_cvtepi32_ps(d) + _mm256_loadu_ps(bias + 8 * i);
-        }
-        return y;
-    }
-    // 4 channels at a time (Avx2Common::store_quad).
-    template <int NP>
-    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
-                              int pixels, int channels) {
-        static_assert(NP <= 4, "one 4 x 4 transpose per 4 channels");
-#pragma GCC unroll 8
-        for (int q = 0; q < 8; ++q) {
-            if (4 * q >= channels) break;
-            __m128 c[4];
-            for (int p = 0; p < 4; ++p) {
-                const __m256 eight = rows[p < NP ? p : 0].eight[q / 2];
-                c[p] = q % 2 == 0 ? _mm256_castps256_ps128(eight) : _mm256_extractf128_ps(eight, 1);
-            }
-            store_quad(out + 4 * q * channel_stride, residuals_at(residuals, 4 * q * channel_stride), channel_stride, c[0],
-                       c[1], c[2], c[3], pixels, channels - 4 * q < 4 ? channels - 4 * q : 4);
-        }
-    }
-};
-#else  // BINARIZE_ISA_AVX2_NIBBLES
-// Counting on nibble parts, for the layers where the count tables are read too few times to pay
-// for writing them (BinaryConvKernel::layer_kernels): each 64-bit word w of 64 channels is
-// stored as two, its low nibbles w & 0x0f.. and its high nibbles (w >> 4) & 0x0f.. (activations
-// by the packing, weights when the kernel is created), so the xor of two parts has every byte
-// below 16 and is its own table index (vpshufb). Per 64 channels that is 2 xors, 2 lookups and 2
-// adds, against a xor, a shift, 2 ands, 2 lookups and 2 adds for the table on whole words, for
-// twice the activation broadcasts and weight loads: on AMD Zen 1, where the shift and the lookups
-// share two of the four vector pipes and every 256-bit operation issues as two, 3x3 layers ran
-// 12-15 % faster (benchmarks/RESULTS.md, "AVX2 counting on nibble parts"). Byte counts (<= 4 per
-// step) are folded into 64-bit lanes (vpsadbw) every 63 steps.
-struct Isa : Avx2Common {
-    // The loop's register block: 4 vectors x 4 lanes = 16 channels, times 2 pixels = 8 byte
-    // accumulators, + the broadcast, the table and a temporary (the weights are memory operands
-    // of vpxor): 11 of the 16 ymm registers. Per step that is 2 broadcasts for 8 lookups, against
-    // 4 for 8 with 4 pixels x 8 channels, and on AMD Zen 1 each 256-bit broadcast takes vector
-    // pipe time like the counting: with the pixel pointers and the first flush (popcount_block),
-    // 3x3 layers took 7-11 % less time and 18-19 % fewer instructions (benchmarks/RESULTS.md,
-    // "AVX2 register block of 2 pixels x 16 channels").
-    // The epilogue's tile stays 4 pixels (two register blocks): each channel's 4 pixels are one
-    // 16-byte store and one 16-byte residual load, a whole 4 x 4 transpose, which was 4-17 %
-    // faster than 3 pixels where the epilogue weighs ("AVX2 register block of 4 pixels").
-    static constexpr int kLanes = 4, kVectors = 4, kPixels = 4, kLoopPixels = 2;
-    static constexpr int kWordSteps = 2, kStepWords = 1;
-    static constexpr bool kPaddingCountsWeights = true;  // an xor with a zero part counts the weights
-    using WeightElement = uint64_t;
-    static uint64_t weight_step(uint64_t word, int part) { return (part == 0 ? word : word >> 4) & 0x0f0f0f0f0f0f0f0fULL; }
-    static void store_word(uint64_t* out, uint64_t word) {
-        out[0] = weight_step(word, 0);
-        out[1] = weight_step(word, 1);
-    }
-
-    static Vec load(const uint64_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    static Vec differ(const uint64_t* activation, Vec weights) {
-        return _mm256_xor_si256(_mm256_set1_epi64x(static_cast<long long>(*activation)), weights);
-    }
-
-    static constexpr int kGroup = 1;
-    static constexpr int64_t kStepsPerFlush = 63;  // 63 * 4 < 256
-    using Acc = Vec;
-    static Acc zero_acc() { return zero(); }
-    // acc + the popcount of each byte of d, all below 16 (a nibble table lookup).
-    static Acc add_popcounts(Acc acc, const Vec (&d)[1]) {
-        return add_bytes(acc, _mm256_shuffle_epi8(_mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                                                   0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4), d[0]));
-    }
-    using Total = Vec;  // 64-bit counts per lane
-    static Total zero_total() { return zero(); }
-    static Vec flush(Vec total, Acc acc, int64_t) { return _mm256_add_epi64(total, _mm256_sad_epu8(acc, zero())); }
-
-    // Epilogue on 4 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
-    using Floats = __m128;
-    static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
-        const __m128i t = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(total, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
-        const __m128i d = _mm_sub_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(base)), _mm_slli_epi32(t, 1));
-        return _mm_loadu_ps(multiplier) * _mm_cvtepi32_ps(d) + _mm_loadu_ps(bias);
-    }
-    template <int NP>
-    static void store_columns(float* out, const Residuals& residuals, int64_t channel_stride, const Floats (&rows)[NP],
-                              int pixels, int channels) {
-        static_assert(NP <= 4, "one 4 x 4 transpose");
-        store_quad(out, residuals, channel_stride, rows[0], rows[NP > 1 ? 1 : 0], rows[NP > 2 ? 2 : 0], rows[NP > 3 ? 3 : 0],
-                   pixels, channels);
-    }
-};
-#endif
 #elif defined(BINARIZE_ISA_NEON)
 #include "neon_isa.h"
 #else
@@ -563,8 +483,8 @@ struct Isa : WholeWords {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.
     static constexpr int kLanes = 1, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
     using Vec = uint64_t;
-    static Vec load(const uint64_t* p) { return *p; }
-    static Vec differ(const uint64_t* activation, Vec weights) { return *activation ^ weights; }
+    static Vec load(const uint64_t* p, int) { return *p; }
+    static Vec differ(const uint64_t* activation, Vec weights, int) { return *activation ^ weights; }
     static Vec zero() { return 0; }
     static constexpr int kGroup = 1;
     static constexpr int64_t kStepsPerFlush = INT64_MAX;
@@ -599,7 +519,6 @@ struct Isa : WholeWords {
 
 constexpr int kBlockChannels = Isa::kLanes * Isa::kVectors;  // MB
 constexpr int kBlockPixels = Isa::kPixels;                   // P
-constexpr int64_t kWordWords = Isa::kWordSteps * Isa::kStepWords;  // packed words per 64-channel activation word
 using WeightElement = typename Isa::WeightElement;
 
 // ---------------------------------------------------------------------------------------------
@@ -631,7 +550,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
         const int pixels = static_cast<int>(min_i64(kPackGroup, pixel_end - p0));
         uint64_t* dst[kPackGroup];  // each pixel's words in the padded buffer
         for (int p = 0; p < pixels; ++p) {
-            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words * kWordWords;
+            dst[p] = a.packed + ((h + a.pad_top) * a.padded_width + a.pad_left + w) * a.channel_words;
             if (++w == a.width) w = 0, ++h;
         }
         const float* src = a.input + p0 * a.pixel_stride;
@@ -652,7 +571,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
             } else {
                 pack_group_any_stride(a, src, pixels, cw, words);
             }
-            for (int p = 0; p < pixels; ++p) Isa::store_word(dst[p] + cw * kWordWords, words[p]);
+            for (int p = 0; p < pixels; ++p) dst[p][cw] = words[p];
         }
     }
 }
@@ -660,13 +579,13 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // ---------------------------------------------------------------------------------------------
 // THE HOT LOOP.
 //
-// Layouts (64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1; each word
-// is S = Isa::kWordSteps reduction steps, of T = Isa::kStepWords packed activation words each,
-// Isa::store_word, and of one weight element per output channel, Isa::weight_step):
-//   activations  [Hp][Wp][CW*S*T]   padded NHWC image, padding words are 0;
-//   weights      [M/MB][K][MB]      K = KH*KW*CW*S reduction steps, k = ((kh*KW + kw)*CW + cw)*S + s;
-//                                   the MB elements of one step are the MB output channels of the
-//                                   block, so one vector load feeds kLanes channels.
+// Layouts (64-bit words, bit b of a word = channel 64*word + b, bit value 1 = sign -1; a word is
+// one reduction step):
+//   activations  [Hp][Wp][CW]       padded NHWC image, padding words are 0;
+//   weights      [M/MB][K][MB]      K = KH*KW*CW reduction steps, k = (kh*KW + kw)*CW + cw;
+//                                   the MB elements (Isa::WeightElement) of one step are the MB
+//                                   output channels of the block, so one vector load feeds
+//                                   kLanes channels (AVX2: per sub-step, Isa::place_weight).
 // A reduction step k of output pixel q reads the activation words at
 //   pixel_offsets[q] + step_offsets[k],
 // i.e. the receptive field is walked through a precomputed offset table (an indirect
@@ -674,8 +593,8 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 //
 // Register blocking: a tile is NP pixels x MB channels; its pixels are counted Isa::kLoopPixels
 // (<= NP) at a time, whose kLoopPixels x MB popcount accumulators stay in registers for the whole
-// reduction; per step we load kVectors weight vectors, compare each pixel's activation with them
-// (Isa::differ: a broadcast word's xor, or AVX2's table lookup) and add the kLoopPixels*kVectors
+// reduction; per step (or sub-step) we load kVectors weight vectors, compare each pixel's
+// activation with them (Isa::differ: a broadcast word's xor, or AVX2's table lookup) and add the kLoopPixels*kVectors
 // counts (Isa::add_popcounts, kGroup steps at a time). Everything is integer; the float transform happens once per output in the
 // epilogue, a tile at a time. NP is P, or P - 1 for the tiles that let the pixel count be tiled
 // exactly (ConvArgs::full_blocks).
@@ -683,8 +602,8 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // Padding: the padded buffer makes every tap readable, but a padded tap has to contribute 0,
 // not +/-1 per channel. The epilogue computes D = pattern_base[pattern(q)][m] - 2 * total, where
 // pattern_base holds (valid taps * C) for each distinct padding pattern (precomputed once per
-// input size), + 2 * (sum of popcount(weights) over the taps that fall into padding) where a
-// zero word there counts its weights (an xor; Isa::kPaddingCountsWeights). Interior pixels share
+// input size), + 2 * (sum of popcount(weights) over the taps that fall into padding), because a
+// zero word there counts its weights (an xor with zero; AVX2's table of a zero byte). Interior pixels share
 // one pattern with no correction, so border handling costs nothing inside this loop.
 // ---------------------------------------------------------------------------------------------
 // Adds the popcounts of reduction steps k .. k + kValid - 1 to every accumulator. kValid <
@@ -694,17 +613,19 @@ template <int NP, int NV, int kValid>
 inline void add_group(typename Isa::Acc (&acc)[NP][NV], const uint64_t* const (&fields)[NP],
                       const int64_t* step_offsets, const WeightElement* weights, int64_t k) {
 #pragma GCC unroll 8
-    for (int p = 0; p < NP; ++p)
+    for (int s = 0; s < Isa::kSubSteps; ++s)
 #pragma GCC unroll 8
-        for (int v = 0; v < NV; ++v) {
-            typename Isa::Vec d[Isa::kGroup];
+        for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
-            for (int g = 0; g < Isa::kGroup; ++g)
-                d[g] = g < kValid ? Isa::differ(fields[p] + step_offsets[k + g],
-                                                Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes))
-                                  : Isa::zero();
-            acc[p][v] = Isa::add_popcounts(acc[p][v], d);
-        }
+            for (int v = 0; v < NV; ++v) {
+                typename Isa::Vec d[Isa::kGroup];
+#pragma GCC unroll 8
+                for (int g = 0; g < Isa::kGroup; ++g)
+                    d[g] = g < kValid ? Isa::differ(fields[p] + step_offsets[k + g],
+                                                    Isa::load(weights + (k + g) * kBlockChannels + v * Isa::kLanes, s), s)
+                                      : Isa::zero();
+                acc[p][v] = Isa::add_popcounts(acc[p][v], d);
+            }
 }
 
 // The tail group of `valid` (1 .. kValid) steps.
@@ -855,18 +776,17 @@ void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t 
 // The weights' [M_padded / MB][K][MB] layout (kernel_api.h) from the ONNX layout [M][KH][KW][CW].
 void block_weights(const uint64_t* words, int64_t out_channels, int64_t channel_words, void* blocked) {
     auto* out = static_cast<WeightElement*>(blocked);
-    const int64_t steps = channel_words * Isa::kWordSteps;
     for (int64_t m = 0; m < out_channels; ++m)
-        for (int64_t k = 0; k < steps; ++k)
-            out[((m / kBlockChannels) * steps + k) * kBlockChannels + m % kBlockChannels] =
-                Isa::weight_step(words[m * channel_words + k / Isa::kWordSteps], static_cast<int>(k % Isa::kWordSteps));
+        for (int64_t k = 0; k < channel_words; ++k)
+            Isa::place_weight(out + ((m / kBlockChannels) * channel_words + k) * kBlockChannels,
+                              static_cast<int>(m % kBlockChannels), words[m * channel_words + k]);
 }
 
 }  // namespace
 
 extern const IsaKernels kernels;
-const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, Isa::kWordSteps, Isa::kStepWords,
-                            sizeof(WeightElement), Isa::kPaddingCountsWeights, block_weights, pack_pixels, conv_tile};
+const IsaKernels kernels = {BINARIZE_ISA_NAME, kBlockChannels, kBlockPixels, sizeof(WeightElement), block_weights,
+                            pack_pixels, conv_tile};
 
 }  // namespace BINARIZE_ISA_NAMESPACE
 }  // namespace binarize

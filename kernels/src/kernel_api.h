@@ -11,9 +11,8 @@
 namespace binarize {
 
 // Packing of one image's float activations into sign bits (bit 1 = negative), laid out
-// [Hp][Wp][CW * S * T] 64-bit words: the padded image, NHWC, channels packed 64 per word, each word
-// stored as the S reduction steps of T words each that the kernels' counting reads
-// (IsaKernels::word_steps, step_words; padding pixels are zero words).
+// [Hp][Wp][CW] 64-bit words: the padded image, NHWC, channels packed 64 per word (padding pixels
+// are zero words).
 struct PackArgs {
     const float* input;      // the image; pixel (h, w) channel c at input[c*channel_stride + (h*W + w)*pixel_stride]
     int64_t channels;        // C
@@ -22,7 +21,7 @@ struct PackArgs {
     int64_t height, width;   // H, W of the unpadded input
     uint64_t* packed;        // the image's packed buffer; padding words must already be zero
     int64_t padded_width;    // Wp
-    int64_t channel_words;   // CW = ceil(C / 64), each stored as S * T words
+    int64_t channel_words;   // CW = ceil(C / 64)
     int64_t pad_top, pad_left;
     const float* threshold;  // [C]: channel c's bit is sign(x - threshold[c]) (BinaryConv2d v2); nullptr = 0
 };
@@ -42,13 +41,13 @@ struct Residuals {
 
 // One binary convolution over packed activations. Output channels are processed in blocks of
 // IsaKernels::channels_per_block (MB); the weights are stored [M_padded / MB][K][MB] elements of
-// IsaKernels::weight_step_bytes so that the MB channels' weights of one reduction step k are
-// contiguous (one vector load per lane group).
+// IsaKernels::weight_step_bytes so that the MB channels' weights of one reduction step k (one
+// 64-channel word) are contiguous (one vector load per lane group and sub-step).
 struct ConvArgs {
-    const uint64_t* packed_input;   // [N][Hp][Wp][CW * S * T]
-    int64_t input_image_words;      // Hp * Wp * CW * S * T
+    const uint64_t* packed_input;   // [N][Hp][Wp][CW]
+    int64_t input_image_words;      // Hp * Wp * CW
     const void* packed_weights;     // [M_padded / MB][K][MB] elements, zero for channels >= M
-    int64_t reduction_steps;        // K = KH * KW * CW * S
+    int64_t reduction_steps;        // K = KH * KW * CW
     const int64_t* step_offsets;    // [K]: word offset of reduction step k from a pixel's origin
     const int64_t* pixel_offsets;   // [Q]: word offset of output pixel q's receptive-field origin
     const int32_t* pixel_pattern;   // [Q]: padding pattern of output pixel q
@@ -71,17 +70,9 @@ struct IsaKernels {
     const char* name;
     int64_t channels_per_block;  // MB: output channels per tile (and per register block)
     int64_t pixels_per_block;    // P: output pixels per tile (the epilogue's; a register block may hold fewer)
-    // S: the reduction steps per 64-bit word of 64 channels' signs (1: the word itself; AVX2's
-    // count tables: 16, one per nibble of 4 channels; its nibble parts: 2). T: the packed
-    // activation words one step reads per pixel (1; the count tables: 2, a nibble's 16-byte
-    // table). A weight word becomes S elements of weight_step_bytes per channel (8: the word or
-    // a nibble part; the count tables: 1, the nibble).
-    int64_t word_steps;
-    int64_t step_words;
+    // The bytes of one output channel's weights per reduction step (a 64-channel word): 8, the
+    // word; AVX2's byte tables: 16, one per nibble.
     int64_t weight_step_bytes;
-    // Whether a padding tap (zero activation words) counts the popcount of its weights, as an
-    // xor with a zero word does; the AVX2 count tables of zero count nothing.
-    bool padding_counts_weights;
     // Writes the [M_padded / MB][K][MB] layout of ConvArgs::packed_weights from the ONNX layout
     // [M][KH][KW][CW] (`channel_words` = KH * KW * CW words per output channel) into `blocked`,
     // M_padded * K * weight_step_bytes zero bytes.
@@ -96,7 +87,6 @@ struct IsaKernels {
 namespace isa_scalar { extern const IsaKernels kernels; }
 #if defined(BINARIZE_X86_KERNELS)
 namespace isa_avx2 { extern const IsaKernels kernels; }
-namespace isa_avx2_nibbles { extern const IsaKernels kernels; }  // the avx2 path's other counting
 namespace isa_avx512bw { extern const IsaKernels kernels; }
 namespace isa_avx512 { extern const IsaKernels kernels; }
 #endif

@@ -18,8 +18,8 @@ struct Isa : WholeWords {
     // and copies all 16 every step, which llvm-mca puts at ~30 % more cycles per step.)
     static constexpr int kLanes = 2, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
     using Vec = uint64x2_t;
-    static Vec load(const uint64_t* p) { return vld1q_u64(p); }
-    static Vec differ(const uint64_t* activation, Vec weights) { return veorq_u64(vdupq_n_u64(*activation), weights); }
+    static Vec load(const uint64_t* p, int) { return vld1q_u64(p); }
+    static Vec differ(const uint64_t* activation, Vec weights, int) { return veorq_u64(vdupq_n_u64(*activation), weights); }
     static Vec zero() { return vdupq_n_u64(0); }
 
     static constexpr int kGroup = 1;

@@ -21,10 +21,11 @@ Binary MACs per cycle (1 thread): the layer's C*M*9*H*W sign products over the m
 the core clock, which is measured here by timing a chain of dependent integer adds (one per
 cycle on every x86 core; compiled with the system C compiler). Next to it, per path, the same on
 a loop-bound layer (3x3, 512 -> 512 channels on 12x12: 4608 MACs per output and per packed input
-float, so the inner loop takes nearly all of its time while its weights, 288 KiB, stay in L2): the
-measured throughput of the inner loop in place, the practical limit of each path. And the "step
-limit": the loop's step alone (LOOP_STEPS: its broadcasts, xors, popcounts and adds as the library's
-compiled loop has them, in registers and L1, compiled here), the most its instruction mix allows on
+float, so the inner loop takes nearly all of its time; its packed weights are 288 KiB, twice that
+in the avx2 path's nibble layout): the measured throughput of the inner loop in place, the
+practical limit of each path. And the "step limit": the loop's step alone (LOOP_STEPS: its loads,
+xors or lookups, popcounts and adds as the library's compiled loop has them, in registers and L1,
+compiled here), the most its instruction mix allows on
 this core, measured for the avx2 and avx512 paths where the CPU runs them. Instruction counts:
 benchmarks/callgrind_kernels.py.
 """

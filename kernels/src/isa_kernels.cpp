@@ -640,11 +640,6 @@ inline void add_tail(typename Isa::Acc (&acc)[NP][NV], const uint64_t* const (&f
     }
 }
 
-// (The first flush starts the totals, so no total is read before it is set; GCC 12 cannot see
-// that through the k0 == 0 test and warns for the AVX2 totals, which are structs, where the
-// totals are read: here and in conv_block's epilogue, up to the pop below it.)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int NP, int NV>
 inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
                            int64_t steps, const WeightElement* weights, typename Isa::Total (*total)[NV]) {
@@ -735,7 +730,6 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
     }
 }
 
-#pragma GCC diagnostic pop
 
 template <int NV, int kResiduals>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {

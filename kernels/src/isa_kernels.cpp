@@ -1,10 +1,10 @@
 // The binary convolution inner loop, compiled once per instruction set.
 //
 // CMake compiles this file once per path of the target: BINARIZE_ISA_SCALAR (baseline flags)
-// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW (-mavx512f/bw/vl/dq) and
-// BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64 BINARIZE_ISA_NEON (traits in
-// neon_isa.h). Only the `Isa` traits differ; the packing, the register-blocked loop and the
-// epilogue are the same source.
+// everywhere; on x86-64 BINARIZE_ISA_AVX2 (-mavx2 -mpopcnt), BINARIZE_ISA_AVX512BW
+// (-mavx512f/bw/vl/dq) and BINARIZE_ISA_AVX512 (the same + -mavx512vpopcntdq); on aarch64
+// BINARIZE_ISA_NEON (traits in neon_isa.h). Only the `Isa` traits differ; the packing, the
+// register-blocked loop and the epilogue are the same source.
 // Everything lives in a per-ISA namespace and uses no inline library templates (no <algorithm>,
 // no <vector>), so no AVX-512 instruction can leak into code shared with other ISAs through
 // the linker's deduplication of inline functions.
@@ -193,14 +193,14 @@ struct Isa : Avx512Words, Avx512Counting {
 #if defined(BINARIZE_ISA_AVX512)
     // 4 vectors x 8 lanes = 32 output channels, times 6 pixels = 24 zmm accumulators
     // + 4 weight vectors + 1 broadcast: 29 of the 32 zmm registers.
-    static constexpr int kLanes = 8, kVectors = 4, kPixels = 6, kLoopPixels = kPixels;
+    static constexpr int kLanes = 8, kVectors = 4, kPixels = 6;
 #else
     // Harley-Seal state is 4 zmm per accumulator: 2 vectors x 8 lanes = 16 channels, times
     // 2 pixels = 16 zmm, + the group's 8 words, table, nibble mask and CSA temporaries (3 pixels
     // spill heavily). llvm-mca's Skylake-SP model puts this loop at 1.8 cycles per word against
     // 3.7 for a nibble table per word: there vpshufb issues on one port.
     // (On Zen 5, where this path only runs when forced, the table is faster up to K = 36.)
-    static constexpr int kLanes = 8, kVectors = 2, kPixels = 2, kLoopPixels = kPixels;
+    static constexpr int kLanes = 8, kVectors = 2, kPixels = 2;
 #endif
     using Vec = __m512i;
     static Vec load(const uint64_t* p, int) { return _mm512_loadu_si512(p); }
@@ -315,7 +315,7 @@ struct Isa {
     // The register block: 2 vectors x 16 channels, times 4 pixels = 8 byte counters, + 2 weight
     // vectors and a table: 11-12 of the 16 ymm registers. Per sub-step 2 weight loads, 4 byte
     // loads, 4 table loads and 8 lookups.
-    static constexpr int kLanes = 16, kVectors = 2, kPixels = 4, kLoopPixels = kPixels;
+    static constexpr int kLanes = 16, kVectors = 2, kPixels = 4;
     static constexpr int kSubSteps = 8;
     // One output channel's weights of one step: 16 nibbles, which block_weights spreads over the
     // step's 8 rows of 32 bytes per 16 channels (place_weight).
@@ -481,7 +481,7 @@ struct Isa {
 #else
 struct Isa : WholeWords {
     // Portable fallback: one channel per "vector"; 4 channels x 4 pixels of scalar accumulators.
-    static constexpr int kLanes = 1, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
+    static constexpr int kLanes = 1, kVectors = 4, kPixels = 4;
     using Vec = uint64_t;
     static Vec load(const uint64_t* p, int) { return *p; }
     static Vec differ(const uint64_t* activation, Vec weights, int) { return *activation ^ weights; }
@@ -591,20 +591,20 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
 // i.e. the receptive field is walked through a precomputed offset table (an indirect
 // convolution): no im2col buffer, any stride/dilation, one code path.
 //
-// Register blocking: a tile is NP pixels x MB channels; its pixels are counted Isa::kLoopPixels
-// (<= NP) at a time, whose kLoopPixels x MB popcount accumulators stay in registers for the whole
-// reduction; per step (or sub-step) we load kVectors weight vectors, compare each pixel's
-// activation with them (Isa::differ: a broadcast word's xor, or AVX2's table lookup) and add the kLoopPixels*kVectors
-// counts (Isa::add_popcounts, kGroup steps at a time). Everything is integer; the float transform happens once per output in the
-// epilogue, a tile at a time. NP is P, or P - 1 for the tiles that let the pixel count be tiled
+// Register blocking: a tile is NP pixels x MB channels, whose NP x MB popcount accumulators stay
+// in registers for the whole reduction; per step (or sub-step) we load kVectors weight vectors,
+// compare each pixel's activation with them (Isa::differ: a broadcast word's xor, or AVX2's table
+// lookup) and add the NP * kVectors counts (Isa::add_popcounts, kGroup steps at a time).
+// Everything is integer; the float transform happens once per output in the epilogue, a tile at
+// a time. NP is P, or P - 1 for the tiles that let the pixel count be tiled
 // exactly (ConvArgs::full_blocks).
 //
 // Padding: the padded buffer makes every tap readable, but a padded tap has to contribute 0,
 // not +/-1 per channel. The epilogue computes D = pattern_base[pattern(q)][m] - 2 * total, where
 // pattern_base holds (valid taps * C) for each distinct padding pattern (precomputed once per
 // input size), + 2 * (sum of popcount(weights) over the taps that fall into padding), because a
-// zero word there counts its weights (an xor with zero; AVX2's table of a zero byte). Interior pixels share
-// one pattern with no correction, so border handling costs nothing inside this loop.
+// zero word there counts its weights (an xor with zero; AVX2's table of a zero byte). Interior
+// pixels share one pattern with no correction, so border handling costs nothing inside this loop.
 // ---------------------------------------------------------------------------------------------
 // Adds the popcounts of reduction steps k .. k + kValid - 1 to every accumulator. kValid <
 // kGroup is the tail of a reduction that is not a multiple of kGroup: the missing words are
@@ -669,17 +669,6 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
     } while (k0 < steps);
 }
 
-// The totals of a tile's NP pixels, counted Isa::kLoopPixels pixels at a time: the loop's register
-// block may hold fewer pixels than the epilogue's tile (AVX2: 2 of 4).
-template <int NP, int NV, int kFirst = 0>
-inline void popcount_tile(const uint64_t* image, const int64_t* pixel_offsets, const int64_t* step_offsets,
-                          int64_t steps, const WeightElement* weights, typename Isa::Total (&total)[NP][NV]) {
-    constexpr int kCount = NP - kFirst < Isa::kLoopPixels ? NP - kFirst : Isa::kLoopPixels;
-    popcount_block<kCount, NV>(image, pixel_offsets + kFirst, step_offsets, steps, weights, total + kFirst);
-    if constexpr (kFirst + kCount < NP)
-        popcount_tile<NP, NV, kFirst + kCount>(image, pixel_offsets, step_offsets, steps, weights, total);
-}
-
 // One tile: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + NV * kLanes - 1 (NV
 // vectors of the block's kVectors), with the first kResiduals residual slots.
 template <int NP, int NV, int kResiduals>
@@ -695,7 +684,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
         bases[p] = a.pattern_base + a.pixel_pattern[q] * a.out_channels_padded + m0;
     }
     typename Isa::Total total[NP][NV];
-    popcount_tile<NP, NV>(image, offsets, a.step_offsets, a.reduction_steps, weights, total);
+    popcount_block<NP, NV>(image, offsets, a.step_offsets, a.reduction_steps, weights, total);
 
     // Epilogue: exact integer D (|D| <= KH*KW*C < 2^31, checked when the kernel is created),
     // then the fused per-channel transform in float, vectorized over the channels of each
@@ -730,7 +719,6 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
     }
 }
 
-
 template <int NV, int kResiduals>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
     const uint64_t* packed_image = a.packed_input + image * a.input_image_words;
@@ -749,7 +737,7 @@ void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_
     }
 }
 
-// A last channel block with at most half of its channels below M (M = 24 or 96 with 64-channel
+// A last channel block with at most half of its channels below M (M = 40 or 48 with 32-channel
 // blocks) computes only the vectors of those: half the loop for the same outputs.
 template <int kResiduals>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {

@@ -16,7 +16,7 @@ struct Isa : WholeWords {
     // (The accumulators are uint8x16_t, not reinterpreted uint64x2_t as the x86 byte-counting Ops
     // would have them: through the casts GCC 12 no longer keeps them in place
     // and copies all 16 every step, which llvm-mca puts at ~30 % more cycles per step.)
-    static constexpr int kLanes = 2, kVectors = 4, kPixels = 4, kLoopPixels = kPixels;
+    static constexpr int kLanes = 2, kVectors = 4, kPixels = 4;
     using Vec = uint64x2_t;
     static Vec load(const uint64_t* p, int) { return vld1q_u64(p); }
     static Vec differ(const uint64_t* activation, Vec weights, int) { return veorq_u64(vdupq_n_u64(*activation), weights); }

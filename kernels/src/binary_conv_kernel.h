@@ -36,7 +36,7 @@ private:
 
     const ConvConfig config_;
     const Isa isa_;
-    const IsaKernels* const kernels_;  // the path's kernels for this layer (nullptr: the reference path)
+    const IsaKernels* const kernels_;  // nullptr for the reference path
     std::unique_ptr<Weights> constant_weights_;
     std::mutex geometry_mutex_;
     std::shared_ptr<const Geometry> cached_geometry_;

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
            "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2",
-           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "definition", "conv_output_size", "MAX_SPATIAL",
+           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "BINARY_CONV2D_V4", "definition", "conv_output_size", "MAX_SPATIAL",
            "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
 
 DOMAIN = "binarize"
@@ -323,9 +323,50 @@ against every kernel path.""",
 BINARY_CONV2D_V3 = _version3(BINARY_CONV2D_V2, "[N, M, OH, OW]")
 BINARY_LINEAR_V3 = _version3(BINARY_LINEAR_V2, "[..., M]")
 
+# Version 4 (BinaryConv2d only; BinaryLinear stays at version 3 in opset 4): `residual` may have
+# another channel count than Y, in the two ratios of a parameter-free shortcut (ReActNet / Bi-Real)
+# for a layer that widens or narrows the channels: its channels tiled, or adjacent groups of them
+# averaged. The shortcut's Concat or ReduceMean is then no separate pass over the map: the op reads
+# the shortcut's input (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4").
+# A residual of Y's shape gives exactly version 3's result.
+BINARY_CONV2D_V4 = OpDefinition(
+    name="BinaryConv2d", version=4,
+    summary="Version 3 with a residual of another channel count: C_r dividing M is tiled (Y channel m adds "
+            "channel m mod C_r), M dividing C_r is averaged in adjacent groups of C_r / M channels.",
+    inputs=(*BINARY_CONV2D_V3.inputs[:5],
+            Parameter("residual", "float32", "[N, C_r, OH, OW]",
+                      "added to Y after the per-channel transform (a double skip's shortcut), C_r = M, C_r "
+                      "dividing M (tiled) or M dividing C_r (group mean); absent = 0", optional=True),
+            BINARY_CONV2D_V3.inputs[6]),
+    outputs=BINARY_CONV2D_V3.outputs,
+    attributes=BINARY_CONV2D_V3.attributes,
+    semantics="""\
+Version 3 with one change: `residual` (R0) may have C_r channels instead of M, where C_r divides
+M or M divides C_r (N, OH and OW as Y's). The channel of R0' (version 3's R0 after its optional
+ReLU, applied to every element of R0 first) that Y channel m adds is
+
+    R0'[n, m mod C_r, oh, ow]                                  where C_r divides M (a widening
+                                                               shortcut's channels, tiled)
+    (Σ_{i < g} R0'[n, m·g + i, oh, ow]) / g,  g = C_r / M,     where M divides C_r (a narrowing
+                                                               shortcut's adjacent groups, averaged;
+                                                               summed in float32 in order of i)
+
+so `BinaryConv2d(X, ..., residual=S)` equals version 3 with `residual = Concat([S] * (M / C_r), axis=1)`
+or `residual = ReduceMean(Reshape(S, [N, M, g, OH, OW]), axes=[2])`. With C_r = M the result is
+exactly version 3's. `residual2` keeps exactly Y's shape.
+
+Everything else is version 3's ([BinaryConv2d-v3.md](BinaryConv2d-v3.md)). The reference
+implementation is the eager PyTorch op `torch.ops.binarize.binary_conv2d_v4`
+(`binarize.converters.ops`), tested against every kernel path.""",
+    errors=BINARY_CONV2D_V3.errors + """ Version 4: `residual` of rank 4 with N, OH and OW as Y's
+and a channel count C_r that divides M or that M divides (else an error naming both counts).""",
+    torch_op="binarize::binary_conv2d_v4",
+    check_together=BINARY_CONV2D_V3.check_together,
+)
+
 #: Every operator version, oldest first.
 OPS: Tuple[OpDefinition, ...] = (BINARY_CONV2D_V1, BINARY_LINEAR_V1, BINARY_CONV2D_V2, BINARY_LINEAR_V2,
-                                 BINARY_CONV2D_V3, BINARY_LINEAR_V3)
+                                 BINARY_CONV2D_V3, BINARY_LINEAR_V3, BINARY_CONV2D_V4)
 #: Versions of the ``binarize`` domain that a model may import.
 SUPPORTED_VERSIONS: Tuple[int, ...] = tuple(sorted({op.version for op in OPS}))
 #: The version new exports write.

@@ -328,7 +328,10 @@ BINARY_WORD_MACS = 12
 #: A parameter-free shortcut's cost per output value in the same unit, widening (channel Concat) and
 #: narrowing (grouped mean: ORT's ReduceMean over a middle axis is slow), from the ORT profile of
 #: MobileNetV2 (0.88 ms over 3.4 M Concat outputs, 0.70 ms over 0.54 M ReduceMean outputs; RESULTS.md,
-#: same section).
+#: same section). Since BinaryConv2d v4 runs both inside the binary op (the exporter), measured there
+#: on Zen 3 over a residual of Y's shape (which the rule charges nothing): tiled about 0, group means
+#: 27-67 (RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4"); a widening charge of 0
+#: binarized two more MobileNetV3-small layers and the model was no faster, so both constants stay.
 FREE_WIDEN_MACS = 9
 FREE_NARROW_MACS = 47
 

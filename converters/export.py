@@ -15,10 +15,13 @@ Three steps:
    hand-built model, every such Hardtanh. Given the example input, each Add of a packed layer's
    output and a tensor of the same shape (a double skip; the shapes from ShapeProp) moves into the
    layer's op as its residual, and a second such Add (a basic block's identity shortcut) as its
-   second residual; a ReLU that computes a residual (the activation a double skip carries) moves
-   into the op too, and goes when nothing else reads it. Every binary layer exports the oldest
-   version of the ``binarize`` ops that all of them can use: 1; 2 with an input threshold or one
-   fused Add; 3 with a second Add or a residual ReLU.
+   second residual; a residual computed by a parameter-free shortcut without pooling (a widening
+   layer's tiled channels, a narrowing layer's group means) is replaced by the shortcut's input,
+   which the op tiles or averages itself; a ReLU that computes a residual (the activation a double
+   skip carries) moves into the op too, and goes when nothing else reads it. Every binary layer
+   exports the oldest version of the ``binarize`` ops that all of them can use: 1; 2 with an input
+   threshold or one fused Add; 3 with a second Add or a residual ReLU; 4 with a shortcut's input as
+   the residual.
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
@@ -45,6 +48,7 @@ from binarize import batchnorm
 from binarize.checkpoint import atomic_write
 from binarize.layers import BinaryConv2d, BinaryLayer, BinaryLinear
 from binarize.matchers import module_of, preserves_sign
+from binarize.passes import ParameterFreeShortcut
 from binarize.tags import batchnorm_after, is_sign_input, is_tagged
 
 from .int8 import quantize_float_convs
@@ -66,7 +70,7 @@ class _BinaryLeafTracer(fx.Tracer):
     """Traces a model built by hand around binary layers, keeping each binary layer one call."""
 
     def is_leaf_module(self, module: nn.Module, qualname: str) -> bool:
-        return isinstance(module, BinaryLayer) or super().is_leaf_module(module, qualname)
+        return isinstance(module, (BinaryLayer, ParameterFreeShortcut)) or super().is_leaf_module(module, qualname)
 
 
 def _graph_copy(model: nn.Module) -> fx.GraphModule:
@@ -249,6 +253,31 @@ def _fuse_residual_adds(gm: fx.GraphModule, args: Tuple[torch.Tensor, ...]) -> N
             call = fused
 
 
+def _fuse_channel_shortcuts(gm: fx.GraphModule) -> None:
+    """A binary conv's fused residual that a parameter-free shortcut without pooling computes (its
+    input's channels tiled, or adjacent groups of them averaged) reads the shortcut's input instead
+    (BinaryConv2d v4 tiles or averages it in the op): the shortcut's Concat or ReduceMean was a pass
+    over the map of its own (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4").
+    The shapes are ShapeProp's from :func:`_fuse_residual_adds`."""
+    for node in list(gm.graph.nodes):
+        shortcut = node.kwargs.get("residual") if node.op == "call_module" else None
+        if not isinstance(module_of(gm, node), PackedBinaryConv2d) or not isinstance(shortcut, fx.Node) \
+                or shortcut.op != "call_module":
+            continue
+        module = module_of(gm, shortcut)
+        if not isinstance(module, ParameterFreeShortcut) or not isinstance(module.pool, nn.Identity) \
+                or len(shortcut.args) != 1 or shortcut.kwargs or not isinstance(shortcut.args[0], fx.Node):
+            continue
+        source, output = shortcut.args[0].meta.get("tensor_meta"), node.meta.get("tensor_meta")
+        if not (isinstance(source, TensorMetadata) and isinstance(output, TensorMetadata)
+                and source.dtype == torch.float32 and len(source.shape) == 4
+                and (source.shape[0], *source.shape[2:]) == (output.shape[0], *output.shape[2:])):
+            continue
+        node.kwargs = {**node.kwargs, "residual": shortcut.args[0]}
+        if not shortcut.users:
+            gm.graph.erase_node(shortcut)
+
+
 def _relu_input(node: fx.Node, gm: fx.GraphModule) -> Optional[fx.Node]:
     """x when ``node`` computes relu(x) out of place (F.relu, torch.relu, x.relu(), nn.ReLU; ``convert``
     switched in-place activations off), else None."""
@@ -291,8 +320,12 @@ def _set_op_version(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         layer = module_of(gm, node) if node.op == "call_module" else None
         if isinstance(layer, (PackedBinaryConv2d, PackedBinaryLinear)):
+            residual = node.kwargs.get("residual")
+            meta = residual.meta.get("tensor_meta") if isinstance(residual, fx.Node) else None
+            channels = meta.shape[1] if isinstance(layer, PackedBinaryConv2d) and isinstance(meta, TensorMetadata) \
+                else None
             needs.append(layer.needed_version("residual" in node.kwargs, "residual2" in node.kwargs,
-                                              node.kwargs.get("residual_relu", (0, 0))))
+                                              node.kwargs.get("residual_relu", (0, 0)), channels))
     version = max(needs, default=1)
     for layer in layers:
         layer.op_version = version
@@ -331,6 +364,7 @@ def prepare(model: nn.Module, example_input: Optional[Inputs] = None) -> fx.Grap
     gm.recompile()
     if example_input is not None:
         _fuse_residual_adds(gm, _example_args(example_input))
+        _fuse_channel_shortcuts(gm)
         _fuse_residual_relus(gm)
         gm.recompile()
     _set_op_version(gm)

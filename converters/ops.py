@@ -5,7 +5,8 @@ A :class:`PackedBinaryConv2d` holds what the runtime needs and nothing else: the
 into int64 words (once, when it is built), one multiplier and one bias per packed output channel.
 Its custom op ``torch.ops.binarize.binary_conv2d`` (``binary_conv2d_v2`` with the version-2 inputs:
 a threshold per input channel, a residual added in the epilogue; ``binary_conv2d_v3`` with a second
-residual and a ReLU on either) has an eager implementation that computes
+residual and a ReLU on either; ``binary_conv2d_v4`` with a residual of another channel count, tiled or
+averaged in groups) has an eager implementation that computes
 exactly what the kernel computes (``multiplier * D + bias`` with the integer dot product D of the
 signs), so a prepared model can also be run in PyTorch, and a fake kernel for ``torch.export``.
 :data:`ONNX_TRANSLATIONS` is the ``custom_translation_table`` for ``torch.onnx.export``.
@@ -20,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.opset import (BINARY_CONV2D_V1, BINARY_CONV2D_V2, BINARY_CONV2D_V3, BINARY_LINEAR_V1, BINARY_LINEAR_V2,
-                            BINARY_LINEAR_V3, conv_output_size)
+from binarize.opset import (BINARY_CONV2D_V1, BINARY_CONV2D_V2, BINARY_CONV2D_V3, BINARY_CONV2D_V4, BINARY_LINEAR_V1,
+                            BINARY_LINEAR_V2, BINARY_LINEAR_V3, conv_output_size)
 from binarize.packing import pack_weight, packed_words, unpack_bits
 from binarize.quantizers import binary_sign
 
@@ -56,6 +57,21 @@ def _add_residuals(y: torch.Tensor, residuals: Sequence[Optional[torch.Tensor]],
     return y
 
 
+def _residual_of_channels(residual: torch.Tensor, channels: int, relu: int) -> torch.Tensor:
+    """Version 4's residual with ``channels`` channels, through its ReLU first where ``relu``: tiled
+    (channel m is channel m mod C_r) or, with more channels, adjacent groups of g = C_r / channels
+    summed in float32 in order and divided by g, as the kernels compute it."""
+    if relu:
+        residual = torch.where(residual < 0, torch.zeros_like(residual), residual)
+    if residual.shape[1] <= channels:
+        return residual.repeat(1, channels // residual.shape[1], 1, 1)
+    groups = residual.unflatten(1, (channels, residual.shape[1] // channels))
+    total = groups[:, :, 0]
+    for i in range(1, groups.shape[2]):
+        total = total + groups[:, :, i]
+    return total / groups.shape[2]
+
+
 def _conv_reference(x, weight, multiplier, bias, threshold, residuals, in_channels, strides, pads, dilations,
                     residual_relu=(0, 0)):
     signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
@@ -63,6 +79,10 @@ def _conv_reference(x, weight, multiplier, bias, threshold, residuals, in_channe
     x_signs = F.pad(_signs_of_input(x, threshold, 1), (left, right, top, bottom))  # zero padding after binarizing
     # The products are ±1 and the sums integers below 2^24: exact in float32, as the kernel's integers.
     dot = F.conv2d(x_signs, signs, None, strides, 0, dilations)
+    residuals, residual_relu = list(residuals), list(residual_relu)
+    if residuals and residuals[0] is not None and residuals[0].shape[1] != dot.shape[1]:  # version 4
+        residuals[0] = _residual_of_channels(residuals[0], dot.shape[1], residual_relu[0])
+        residual_relu[0] = 0
     return _add_residuals(dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), residuals, residual_relu)
 
 
@@ -118,6 +138,23 @@ def binary_conv2d_v3(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Te
 
 @binary_conv2d_v3.register_fake
 def _binary_conv2d_v3_fake(x, weight, multiplier, bias, threshold, residual, residual2, in_channels, kernel_shape,
+                           strides, pads, dilations, residual_relu):
+    return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
+
+
+@torch.library.custom_op(BINARY_CONV2D_V4.torch_op, mutates_args=())
+def binary_conv2d_v4(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
+                     threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
+                     residual2: Optional[torch.Tensor], in_channels: int, kernel_shape: List[int], strides: List[int],
+                     pads: List[int], dilations: List[int], residual_relu: List[int]) -> torch.Tensor:
+    """BinaryConv2d v4: v3 with a ``residual`` of C_r channels, C_r dividing M (tiled) or M dividing C_r
+    (adjacent groups averaged): a parameter-free shortcut's Concat or ReduceMean inside the op."""
+    return _conv_reference(x, weight, multiplier, bias, threshold, (residual, residual2), in_channels, strides, pads,
+                           dilations, residual_relu)
+
+
+@binary_conv2d_v4.register_fake
+def _binary_conv2d_v4_fake(x, weight, multiplier, bias, threshold, residual, residual2, in_channels, kernel_shape,
                            strides, pads, dilations, residual_relu):
     return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
 
@@ -190,6 +227,14 @@ def _binary_conv2d_v3_onnx(x, weight, multiplier, bias, threshold, residual, res
                                       residual_relu=list(residual_relu))
 
 
+def _binary_conv2d_v4_onnx(x, weight, multiplier, bias, threshold, residual, residual2, in_channels: int,
+                           kernel_shape: Sequence[int], strides: Sequence[int], pads: Sequence[int],
+                           dilations: Sequence[int], residual_relu: Sequence[int]):
+    return _onnx_op(BINARY_CONV2D_V4)(x, weight, multiplier, bias, threshold, residual, residual2,
+                                      **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations),
+                                      residual_relu=list(residual_relu))
+
+
 def _binary_linear_onnx(x, weight, multiplier, bias, in_features: int):
     return _onnx_op(BINARY_LINEAR_V1)(x, weight, multiplier, bias, in_features=in_features)
 
@@ -212,6 +257,7 @@ ONNX_TRANSLATIONS = {
     torch.ops.binarize.binary_linear_v2.default: _binary_linear_v2_onnx,
     torch.ops.binarize.binary_conv2d_v3.default: _binary_conv2d_v3_onnx,
     torch.ops.binarize.binary_linear_v3.default: _binary_linear_v3_onnx,
+    torch.ops.binarize.binary_conv2d_v4.default: _binary_conv2d_v4_onnx,
 }
 
 
@@ -242,26 +288,32 @@ class _PackedBinaryLayer(nn.Module):
     ``forward(x, residual=None, residual2=None, residual_relu=(0, 0))`` adds the residuals in the
     op's epilogue, each through a ReLU where ``residual_relu`` says. ``op_version`` None (the
     default) is the oldest version the call needs: 1; 2 with a ``threshold`` or a ``residual``
-    (v2); 3 with ``residual2`` or a ReLU (v3). The exporter sets the newest version any layer of the
-    model needs on every layer, since an ONNX model imports one version of the domain."""
+    (v2); 3 with ``residual2`` or a ReLU (v3); 4 with a conv's ``residual`` of another channel count
+    (v4). The exporter sets the newest version any layer of the model needs on every layer, since an
+    ONNX model imports one version of the domain."""
 
     op_version: Optional[int] = None
 
     def needed_version(self, residual: bool = False, residual2: bool = False,
-                       residual_relu: Sequence[int] = (0, 0)) -> int:
-        """The oldest operator version that runs this layer called with (or without) each residual."""
+                       residual_relu: Sequence[int] = (0, 0), residual_channels: Optional[int] = None) -> int:
+        """The oldest operator version that runs this layer called with (or without) each residual;
+        ``residual_channels``: the residual's channel count (a conv's output channels if None)."""
+        if residual_channels is not None and residual_channels != getattr(self, "out_channels", residual_channels):
+            return 4
         if residual2 or any(residual_relu):
             return 3
         return 2 if residual or self.threshold is not None else 1
 
     def _version(self, residual: Optional[torch.Tensor], residual2: Optional[torch.Tensor],
                  residual_relu: Sequence[int]) -> int:
-        needs = self.needed_version(residual is not None, residual2 is not None, residual_relu)
+        channels = residual.shape[1] if residual is not None and isinstance(self, PackedBinaryConv2d) else None
+        needs = self.needed_version(residual is not None, residual2 is not None, residual_relu, channels)
         if self.op_version is None:
             return needs
         if self.op_version < needs:
             raise ValueError(f"op_version = {self.op_version}, but this call needs version {needs}: a threshold or "
-                             f"residual needs version 2, a second residual or a residual ReLU version 3")
+                             f"residual needs version 2, a second residual or a residual ReLU version 3, a conv's "
+                             f"residual of another channel count version 4")
         return self.op_version
 
 
@@ -317,8 +369,9 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         elif version == 2:
             y = binary_conv2d_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, *geometry)
         else:
-            y = binary_conv2d_v3(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2,
-                                 *geometry, list(residual_relu))
+            op = binary_conv2d_v3 if version == 3 else binary_conv2d_v4
+            y = op(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2, *geometry,
+                   list(residual_relu))
         if self.orientations > 1:
             y = y.unflatten(1, (self.orientations, self.out_channels)).amax(1)
         if self.post_bias is not None:

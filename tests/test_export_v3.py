@@ -94,6 +94,11 @@ def test_every_way_of_writing_relu_is_fused_and_a_relu_a_float_op_reads_stays(tm
     assert ops["Add"] == 0 and ops["Relu"] == 1  # F.relu(x) is read by the head conv too
     flags = [tuple(a.ints) for node in binary_nodes(proto) for a in node.attribute if a.name == "residual_relu"]
     assert flags == [(1, 1), (1, 1)]
+    assert_every_path_gives_pytorchs_outputs(proto, model, x)
+
+
+def assert_every_path_gives_pytorchs_outputs(proto: onnx.ModelProto, model: nn.Module, x: torch.Tensor) -> None:
+    """Each output of the exported ``proto`` on every kernel path against ``model``'s eval outputs."""
     with torch.no_grad():
         expected = [t.numpy() for t in model(x)]
     for isa in ISAS:
@@ -122,9 +127,15 @@ def test_version_2_file_of_the_release_before_version_3_gives_its_outputs():
     skips fused, random input thresholds), exported by commit 97b9c3d (version 2); the .npz holds
     its input and that release's output on the reference path. It must load through
     binarize.runtime and give that output on every path this machine runs."""
-    model = onnx.load(DATA / "cifar_bireal_v2.onnx")
-    assert binarize_version(model) == 2
-    recorded = np.load(DATA / "cifar_bireal_v2.npz")
+    assert_recorded_file_gives_its_outputs("cifar_bireal_v2", 2)
+
+
+def assert_recorded_file_gives_its_outputs(name: str, version: int) -> None:
+    """tests/data/``name``.onnx imports binarize ``version`` and gives, on every path this machine
+    runs, the output ``name``.npz recorded for its input."""
+    model = onnx.load(DATA / f"{name}.onnx")
+    assert binarize_version(model) == version
+    recorded = np.load(DATA / f"{name}.npz")
     for isa in ISAS:
         y = session(model.SerializeToString(), threads=1, isa=isa).run(None, {model.graph.input[0].name: recorded["x"]})[0]
         assert np.abs(y - recorded["y"]).max() <= 1e-5 * np.abs(recorded["y"]).max(), isa

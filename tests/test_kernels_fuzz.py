@@ -3,7 +3,8 @@
 - Random valid shapes (hypothesis) on every kernel path against an independent reference: PyTorch's
   float convolution of the signs (version 2: of sign(x - threshold), ties x = threshold included,
   plus the residual; version 3: plus two residuals, each through a ReLU or not, with negative
-  zeros and NaNs among their values).
+  zeros and NaNs among their values; version 4: the first residual of another channel count,
+  tiled or averaged in groups).
 - Hostile attributes (huge or wrapped-around pads, strides, dilations, kernel sizes, wrong types)
   on every path, in a subprocess: each must be a Python exception, never a signal and never an
   output. Both tests are bounded to a few seconds each.
@@ -265,6 +266,65 @@ def test_random_linear_v3_adds_two_residuals_each_through_its_relu(rows, feature
                    expected, residuals, relu, rng)
 
 
+def residual_of_channels(r: np.ndarray, channels: int, relu: int) -> np.ndarray:
+    """Version 4's residual for Y's ``channels``: relu first, then tiled (fewer channels) or adjacent
+    groups summed in float32 in order and divided by the group size (more channels)."""
+    r = rectified(r, relu)
+    if r.shape[1] <= channels:
+        return np.tile(r, (1, channels // r.shape[1], 1, 1))
+    groups = r.reshape(r.shape[0], channels, r.shape[1] // channels, *r.shape[2:])
+    total = groups[:, :, 0]
+    for i in range(1, groups.shape[2]):
+        total = total + groups[:, :, i]
+    return total / np.float32(groups.shape[2])
+
+
+def assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels: int, relu: tuple,
+                   with_residual2: bool, rng) -> None:
+    """A version-4 BinaryConv2d whose residual R has ``residual_channels`` channels (and, with
+    ``with_residual2``, a residual2 of Y's shape): expected = ((expected + map(f0(R))) + f1(R2)) on
+    every kernel path."""
+    expected = expected.astype(np.float32)
+    n, m, oh, ow = expected.shape
+    feeds = {"R": residual_values((n, residual_channels, oh, ow), rng)}
+    expected = expected + residual_of_channels(feeds["R"], m, relu[0])
+    if with_residual2:
+        feeds["R2"] = residual_values(expected.shape, rng)
+        expected = expected + rectified(feeds["R2"], relu[1])
+    model = model_bytes("BinaryConv2d", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
+                                                  "bias": bias},
+                        attributes + [helper.make_attribute("residual_relu", list(relu))],
+                        inputs=v2_inputs(False, True, with_residual2), version=4,
+                        graph_inputs={name: value.shape for name, value in feeds.items()})
+    assert_every_path_gives(model, {"X": x, **feeds}, expected)
+
+
+@FUZZ
+@given(conv_cases(), st.integers(1, 4), st.booleans(), st.tuples(st.integers(0, 1), st.integers(0, 1)), st.booleans())
+def test_random_conv_v4_tiles_or_averages_a_residual_of_another_channel_count(case, ratio, widen, relu,
+                                                                                with_residual2):
+    rng = np.random.default_rng(case[-1])
+    x, w_signs, multiplier, bias, attributes, expected = random_conv(case, rng)
+    m = w_signs.shape[0]
+    assume(not widen or m % ratio == 0)
+    residual_channels = m // ratio if widen else m * ratio
+    assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels, relu, with_residual2, rng)
+
+
+@pytest.mark.parametrize("out_channels, residual_channels", [
+    (128, 32), (96, 32), (128, 64),  # tiled in whole 32-channel blocks: read in place by the AVX2 path
+    (64, 16), (48, 24), (40, 8),     # tiled, written out first
+    (32, 96), (16, 256),              # averaged in groups of 3 and 16
+])
+def test_conv_v4_residual_of_mobilenet_and_resnet_shortcut_shapes(out_channels, residual_channels):
+    """The channel ratios of the parameter-free shortcuts in the model zoo (1x1, 7x7 map, 2 images),
+    with the residual's ReLU and a second residual: every path against the NumPy reference."""
+    rng = np.random.default_rng(out_channels * 1000 + residual_channels)
+    case = (2, 40, out_channels, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (7, 7), 0)
+    x, w_signs, multiplier, bias, attributes, expected = random_conv(case, rng)
+    assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels, (1, 0), True, rng)
+
+
 # ---- hostile attributes ---------------------------------------------------------------------
 
 BIG = 2**62
@@ -304,6 +364,9 @@ HOSTILE_V2_INPUTS = {
     "residual of rank 3": ("BinaryConv2d", (1, 8, 5, 5), None, (4, 3, 3)),
     "residual empty": ("BinaryConv2d", (1, 8, 5, 5), None, (0, 4, 3, 3)),
     "residual of another batch": ("BinaryConv2d", (2, 8, 5, 5), (8,), (1, 4, 3, 3)),
+    "residual of 3 channels for 4": ("BinaryConv2d", (1, 8, 5, 5), None, (1, 3, 3, 3)),
+    "residual of 6 channels for 4": ("BinaryConv2d", (1, 8, 5, 5), None, (1, 6, 3, 3)),
+    "residual of 0 channels": ("BinaryConv2d", (1, 8, 5, 5), None, (1, 0, 3, 3)),
     "linear threshold one short": ("BinaryLinear", (2, 64), (63,), None),
     "linear residual transposed": ("BinaryLinear", (2, 64), None, (3, 2)),
     "linear residual with zero rows": ("BinaryLinear", (0, 64), None, (1, 3)),

@@ -201,11 +201,11 @@ def test_version_1_files_run_as_before():
         np.testing.assert_array_equal(y, np.full((1, 4, 3, 3), 72.0, np.float32))
 
 
-@pytest.mark.parametrize("version", [0, 4, 99])
+@pytest.mark.parametrize("version", [0, 5, 99])
 def test_unknown_opset_version_is_refused_naming_the_file(version, tmp_path):
     path = tmp_path / f"v{version}.onnx"
     path.write_bytes(make_model("BinaryConv2d", CONV, version=version))
-    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1, 2, 3\]"):
+    with pytest.raises(ValueError, match=rf"{path}.* imports binarize opset version {version}, .*supported versions: \[1, 2, 3, 4\]"):
         runtime.session(path)
 
 

@@ -95,7 +95,7 @@ void refuse_foreign(const OrtApi& api, const OrtKernelInfo* info, const char* op
     size_t unused = 0;
     for (const AttributeDefinition& def : foreign)
         if (find_definition(own, def.name) == nullptr && has_attribute(api, info, def.name, unused))
-            fail(op, "unknown attribute '", def.name, "' (version ", kOpsetVersion, " of ", op, " does not have it)");
+            fail(op, "unknown attribute '", def.name, "' (no version of ", op, " up to opset ", kOpsetVersion, " has it)");
 }
 
 // v3's residual_relu: one flag per residual input.
@@ -120,8 +120,8 @@ void check_reduction_size(const ConvConfig& c) {
 // against the newest definition.
 ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryConv2d";
-    refuse_foreign(api, info, op, kBinaryLinearV3Attributes, kBinaryConv2dV3Attributes);
-    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV3Attributes, name)); };
+    refuse_foreign(api, info, op, kBinaryLinearV3Attributes, kBinaryConv2dV4Attributes);
+    auto read = [&](const char* name) { return read_attribute(api, info, op, definition_of(kBinaryConv2dV4Attributes, name)); };
     ConvConfig c{op, false, read("in_channels")[0]};
     const auto kernel = read("kernel_shape");
     const auto strides = read("strides");
@@ -132,14 +132,14 @@ ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     c.stride_h = strides[0], c.stride_w = strides[1];
     c.pad_top = pads[0], c.pad_left = pads[1], c.pad_bottom = pads[2], c.pad_right = pads[3];
     c.dilation_h = dilations[0], c.dilation_w = dilations[1];
-    read_residual_relu(api, info, op, kBinaryConv2dV3Attributes, c);
+    read_residual_relu(api, info, op, kBinaryConv2dV4Attributes, c);
     check_reduction_size(c);
     return c;
 }
 
 ConvConfig read_linear_config(const OrtApi& api, const OrtKernelInfo* info) {
     const char* op = "BinaryLinear";
-    refuse_foreign(api, info, op, kBinaryConv2dV3Attributes, kBinaryLinearV3Attributes);
+    refuse_foreign(api, info, op, kBinaryConv2dV4Attributes, kBinaryLinearV3Attributes);
     ConvConfig c{op, true, read_attribute(api, info, op, definition_of(kBinaryLinearV3Attributes, "in_features"))[0]};
     read_residual_relu(api, info, op, kBinaryLinearV3Attributes, c);
     return c;

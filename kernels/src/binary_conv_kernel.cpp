@@ -63,9 +63,12 @@ TensorView input_view(Ort::KernelContext& ctx, size_t index) {
 }
 
 // Version 2's optional float inputs: nullptr when the node leaves `index` out (or has fewer
-// inputs), else the data after checking element type and exact shape.
+// inputs), else the data after checking element type and shape: exactly `expected`, or, with
+// `channels` (BinaryConv2d v4's residual), `expected` with another count at axis 1 that divides
+// expected[1] or that expected[1] divides, written to *channels.
 const float* optional_float_input(Ort::KernelContext& ctx, size_t index, const char* op, const char* name,
-                                  const std::vector<int64_t>& expected, const char* meaning) {
+                                  const std::vector<int64_t>& expected, const char* meaning,
+                                  int64_t* channels = nullptr) {
     if (index >= ctx.GetInputCount()) return nullptr;
     Ort::ConstValue value = ctx.GetInput(index);
     if (static_cast<const OrtValue*>(value) == nullptr) return nullptr;
@@ -74,9 +77,51 @@ const float* optional_float_input(Ort::KernelContext& ctx, size_t index, const c
     if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
         fail(op, name, " must be float32, got ONNX element type ", static_cast<int>(info.GetElementType()));
     const std::vector<int64_t> shape = info.GetShape();
-    if (shape != expected) fail(op, name, " has shape ", shape_string(shape), ", expected ", shape_string(expected), " (", meaning, ")");
+    if (channels != nullptr && shape.size() == 4 && expected.size() == 4 && shape[1] > 0 && expected[1] > 0 &&
+        shape[0] == expected[0] && shape[2] == expected[2] && shape[3] == expected[3]) {
+        if (expected[1] % shape[1] != 0 && shape[1] % expected[1] != 0)
+            fail(op, name, " has ", shape[1], " channels and Y has ", expected[1],
+                 ": one count must divide the other (tiled or averaged in groups, version 4)");
+        *channels = shape[1];
+    } else if (shape != expected) {
+        fail(op, name, " has shape ", shape_string(shape), ", expected ", shape_string(expected), " (", meaning, ")");
+    } else if (channels != nullptr) {
+        *channels = expected[1];
+    }
     return static_cast<const float*>(value.GetTensorRawData());
 }
+
+// BinaryConv2d v4's residual of `channels` channels written out with Y's M channels, [N][M][pixels],
+// one output channel per task (ORT's thread pool): channel m is channel m % channels (tiled), or,
+// where M divides `channels`, the float32 sum of the relu?(r) of channels m*g .. m*g + g - 1 in
+// that order, divided by g (the ReLU then applied: the caller clears its flag).
+struct ParallelResidualMap {
+    const float* residual;
+    int64_t channels;
+    bool relu;
+    int64_t m, pixels;
+    float* out;
+    static void run(void* self_ptr, size_t task) {
+        const auto* self = static_cast<const ParallelResidualMap*>(self_ptr);
+        const int64_t n = static_cast<int64_t>(task) / self->m, c = static_cast<int64_t>(task) % self->m;
+        const int64_t pixels = self->pixels;
+        float* dst = self->out + static_cast<int64_t>(task) * pixels;
+        if (self->channels <= self->m) {
+            std::copy_n(self->residual + (n * self->channels + c % self->channels) * pixels, pixels, dst);
+            return;
+        }
+        const int64_t group = self->channels / self->m;
+        const float* src = self->residual + (n * self->channels + c * group) * pixels;
+        const bool relu = self->relu;
+        for (int64_t p = 0; p < pixels; ++p) dst[p] = relu && src[p] < 0.0f ? 0.0f : src[p];
+        for (int64_t i = 1; i < group; ++i)
+            for (int64_t p = 0; p < pixels; ++p) {
+                const float r = src[i * pixels + p];
+                dst[p] += relu && r < 0.0f ? 0.0f : r;
+            }
+        for (int64_t p = 0; p < pixels; ++p) dst[p] /= static_cast<float>(group);
+    }
+};
 
 // Work split for ORT's thread pool: one task packs a run of kPackTaskPixels input pixels of one
 // image, one task computes a run of pixel blocks of one image for one output channel block.
@@ -115,18 +160,20 @@ struct ParallelConv {
 
 // The largest packed activation buffer a call allocates (1 GiB), see Compute.
 constexpr int64_t kMaxPackedWords = int64_t{1} << 27;
-// The largest one kept for the calling thread's later calls (64 MiB).
-constexpr int64_t kReusedPackedWords = int64_t{1} << 23;
+// The largest buffer kept for the calling thread's later calls (64 MiB).
+constexpr int64_t kReusedBufferBytes = int64_t{1} << 26;
 
-// `words` packed words for one call: the calling thread's buffer, reused from call to call up to
-// kReusedPackedWords (the pack tasks on other threads write into it), else `call_buffer`. A new
-// buffer per call is fresh memory from the system when it is large (glibc maps every block over
-// 128 KiB anew), and this VM's page faults made a fresh 162 KB buffer per call cost 1.7x a 512@7
-// layer's convolution time (benchmarks/RESULTS.md, "AVX2 counting by activation count tables").
-uint64_t* packed_buffer(int64_t words, std::vector<uint64_t>& call_buffer) {
-    thread_local std::vector<uint64_t> reused;
-    std::vector<uint64_t>& buffer = words <= kReusedPackedWords ? reused : call_buffer;
-    if (static_cast<int64_t>(buffer.size()) < words) buffer.resize(static_cast<size_t>(words));
+// `count` elements for one call (the packed activations, v4's residual written out): the calling
+// thread's buffer of T, reused from call to call up to kReusedBufferBytes (tasks on other threads
+// write into it), else `call_buffer`. A new buffer per call is fresh memory from the system when
+// it is large (glibc maps every block over 128 KiB anew), and this VM's page faults made a fresh
+// 162 KB buffer per call cost 1.7x a 512@7 layer's convolution time (benchmarks/RESULTS.md, "AVX2
+// counting by activation count tables").
+template <typename T>
+T* call_buffer_of(int64_t count, std::vector<T>& call_buffer) {
+    thread_local std::vector<T> reused;
+    std::vector<T>& buffer = count <= kReusedBufferBytes / static_cast<int64_t>(sizeof(T)) ? reused : call_buffer;
+    if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
     return buffer.data();
 }
 
@@ -236,10 +283,14 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     // Checked on every path, before any table or buffer is built.
     const ConvShape shape = conv_shape(config_, height, width);
     if (!config_.linear) out_shape = {images, m, shape.out_h, shape.out_w};
-    const Residuals residuals{
-        {optional_float_input(ctx, 5, config_.op, "residual", out_shape, "exactly the shape of Y"),
+    int64_t residual_channels = m;  // v4: a conv's residual may have another channel count
+    Residuals residuals{
+        {optional_float_input(ctx, 5, config_.op, "residual", out_shape,
+                              config_.linear ? "exactly the shape of Y" : "Y's shape, or another channel count in version 4",
+                              config_.linear ? nullptr : &residual_channels),
          optional_float_input(ctx, 6, config_.op, "residual2", out_shape, "exactly the shape of Y")},
-        {config_.residual_relu[0], config_.residual_relu[1]}};
+        {config_.residual_relu[0], config_.residual_relu[1]},
+        {0, 0}};
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const int64_t pixels = shape.out_h * shape.out_w;
     if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables
@@ -257,6 +308,22 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     int64_t packed_words = 0;
     const bool packed_too_large = kernels_ != nullptr &&
         (__builtin_mul_overflow(images, shape.packed_image_words, &packed_words) || packed_words > kMaxPackedWords);
+    // A residual of another channel count (v4): a tiled one whose period is whole channel blocks is
+    // read in place by the kernels; the others (group means, the reference path) are written out
+    // like Y first, in a pass that still reads the shortcut's input once and needs no ONNX node.
+    std::vector<float> call_residual;
+    if (residual_channels != m) {
+        if (kernels_ != nullptr && !packed_too_large && residual_channels < m &&
+            residual_channels % kernels_->channels_per_block == 0) {
+            residuals.period[0] = residual_channels;
+        } else {
+            float* mapped = call_buffer_of(images * m * pixels, call_residual);
+            ParallelResidualMap map{residuals.tensor[0], residual_channels, residuals.relu[0], m, pixels, mapped};
+            ctx.ParallelFor(&ParallelResidualMap::run, static_cast<size_t>(images * m), 0, &map);
+            residuals.tensor[0] = mapped;
+            if (residual_channels > m) residuals.relu[0] = false;  // applied before the mean
+        }
+    }
     if (kernels_ == nullptr || packed_too_large) {
         ReferenceConvArgs r{x_data, images, config_.channels, height, width, image_stride, channel_stride, pixel_stride,
                             weights->original, m, config_.kernel_h, config_.kernel_w, config_.stride_h,
@@ -271,7 +338,7 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
     const int64_t cw = config_.channel_words();
     const int64_t packed_image_words = shape.packed_image_words;
     std::vector<uint64_t> call_buffer;
-    uint64_t* const packed = packed_buffer(packed_words, call_buffer);
+    uint64_t* const packed = call_buffer_of(packed_words, call_buffer);
     for (int64_t image = 0; image < images; ++image)
         zero_padding(packed + image * packed_image_words, shape, height, width, config_.pad_top, config_.pad_left);
 

@@ -42,17 +42,35 @@ namespace {
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// The residuals (kernel_api.h) of the tile that starts `offset` floats into the output.
+// The residuals (kernel_api.h) of the tile that starts `offset` floats further into each one.
 inline Residuals residuals_at(const Residuals& r, int64_t offset) {
-    return {{r.tensor[0] == nullptr ? nullptr : r.tensor[0] + offset, r.tensor[1] == nullptr ? nullptr : r.tensor[1] + offset},
-            {r.relu[0], r.relu[1]}};
+    Residuals at = r;
+    for (int k = 0; k < 2; ++k)
+        if (at.tensor[k] != nullptr) at.tensor[k] += offset;
+    return at;
+}
+
+// The residuals of output channels m0 .. of one image, each at its channel m0 (m0 % period for a
+// tiled one, kernel_api.h), so that a tile adds the same offsets to every slot.
+inline Residuals residuals_of_channels(const ConvArgs& a, int64_t image, int64_t m0) {
+    Residuals r = a.residuals;
+    for (int k = 0; k < 2; ++k) {
+        if (r.tensor[k] == nullptr) continue;
+        const int64_t period = r.period[k];
+        r.tensor[k] += period == 0 ? image * a.output_image_stride + m0 * a.output_channel_stride
+                                   : (image * period + m0 % period) * a.output_channel_stride;
+    }
+    return r;
 }
 
 // The residuals with the slots past the first kResiduals (Residuals::slots) as compile-time nulls,
 // so that the stores of the epilogue carry no test for them.
 template <int kResiduals>
 inline Residuals first_residuals(const Residuals& r) {
-    return {{kResiduals > 0 ? r.tensor[0] : nullptr, kResiduals > 1 ? r.tensor[1] : nullptr}, {r.relu[0], r.relu[1]}};
+    Residuals first = r;
+    if (kResiduals < 1) first.tensor[0] = nullptr;
+    if (kResiduals < 2) first.tensor[1] = nullptr;
+    return first;
 }
 
 inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }
@@ -673,7 +691,7 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 // vectors of the block's kVectors), with the first kResiduals residual slots.
 template <int NP, int NV, int kResiduals>
 void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* weights, int64_t m0, int64_t q0, int pixels,
-                float* out_image, const Residuals& residual_image) {
+                float* out_image, const Residuals& residual_channels) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
     // pixel so the loop never changes shape.
     int64_t offsets[NP];
@@ -702,10 +720,11 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
                                   a.bias + m0 + v * Isa::kLanes);
         // ... then stored: for NCHW (pixel stride 1) each channel's pixels are one contiguous run;
         // BinaryLinear's [rows][M] output (channel stride 1) is stored one float at a time.
-        // The residuals (v2, v3), laid out like the output, are added as the tile is stored.
+        // The residuals (v2, v3; v4 may tile the first, residuals_of_channels) are added as the tile is stored.
         const int64_t vector_offset = v * Isa::kLanes * a.output_channel_stride;
         float* out_v = out + vector_offset;
-        const Residuals residual_v = first_residuals<kResiduals>(residuals_at(residual_image, tile_offset + vector_offset));
+        const Residuals residual_v =
+            first_residuals<kResiduals>(residuals_at(residual_channels, q0 * a.output_pixel_stride + vector_offset));
         // A whole tile (NP pixels, kLanes channels: all but those of a partial last pixel block or
         // past channel M) passes its sizes as constants, which GCC folds into the inlined store:
         // 3x3 64->64@56 took 8 % less time (benchmarks/RESULTS.md, "AVX2 epilogue with constant sizes").
@@ -725,15 +744,15 @@ void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_
     const WeightElement* weights = static_cast<const WeightElement*>(a.packed_weights) + channel_block * a.reduction_steps * kBlockChannels;
     const int64_t m0 = channel_block * kBlockChannels;
     float* out_image = a.output + image * a.output_image_stride;
-    const Residuals residual_image = residuals_at(a.residuals, image * a.output_image_stride);
+    const Residuals residual_channels = residuals_of_channels(a, image, m0);
     for (int64_t b = block_begin; b < block_end; ++b) {
         const bool full = b < a.full_blocks;
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);
         const int pixels = static_cast<int>(min_i64(full ? kBlockPixels : kBlockPixels - 1, a.output_pixels - q0));
         if (full)
-            conv_block<kBlockPixels, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
         else
-            conv_block<kBlockPixels - 1, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_image);
+            conv_block<kBlockPixels - 1, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
     }
 }
 

@@ -8,7 +8,7 @@
 namespace binarize {
 
 constexpr const char* kDomain = "binarize";
-constexpr int kOpsetVersion = 3;
+constexpr int kOpsetVersion = 4;
 constexpr int64_t kMaxSpatial = 65535;
 constexpr int64_t kMaxReduction = 2147483647LL;
 constexpr int64_t kMaxPaddedImageWords = 268435456LL;
@@ -87,6 +87,20 @@ constexpr int kBinaryLinearV3Inputs = 7;
 constexpr int kBinaryLinearV3RequiredInputs = 4;  // the others are optional
 constexpr AttributeDefinition kBinaryLinearV3Attributes[] = {
     {"in_features", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's last dimension"},
+    {"residual_relu", AttributeType::ints, false, 2, 0, 1LL, {0, 0}, "0 or 1"},
+};
+
+// BinaryConv2d version 4
+constexpr int kBinaryConv2dV4Version = 4;
+constexpr int kBinaryConv2dV4Inputs = 7;
+constexpr int kBinaryConv2dV4RequiredInputs = 4;  // the others are optional
+constexpr AttributeDefinition kBinaryConv2dV4Attributes[] = {
+    {"kernel_shape", AttributeType::ints, true, 2, 1, 65535LL, {}, "positive"},
+    {"in_channels", AttributeType::int_, true, 1, 1, 2147483647LL, {}, "positive, equals X's dimension 1"},
+    {"strides", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"pads", AttributeType::ints, false, 4, 0, 65535LL, {0, 0, 0, 0}, "non-negative"},
+    {"dilations", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
+    {"group", AttributeType::int_, false, 1, 1, 1LL, {1}, "must be 1"},
     {"residual_relu", AttributeType::ints, false, 2, 0, 1LL, {0, 0}, "0 or 1"},
 };
 

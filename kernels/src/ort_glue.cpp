@@ -67,13 +67,16 @@ struct BinaryConvKernelEntry : BinaryConvKernel {
 // One op object per operator, for every version of op_definitions.h: ONNX Runtime builds one
 // schema per custom-op name (the first object's) and resolves every node to it, so objects per
 // version could not be told apart. Versions 2 and 3 add only optional inputs and an attribute
-// whose default is version 1's behaviour, so one kernel runs all three.
+// whose default is version 1's behaviour, and BinaryConv2d version 4 only accepts a residual shape
+// that version 3 refused, so one kernel runs them all (BinaryLinear has no version 4: opset 4
+// resolves it to version 3).
 template <bool kLinear>
 struct BinaryOp : Ort::CustomOpBase<BinaryOp<kLinear>, BinaryConvKernelEntry, /*WithStatus=*/true> {
     static constexpr const char* kName = kLinear ? "BinaryLinear" : "BinaryConv2d";
-    static_assert(kOpsetVersion == 3, "the versions this library implements");
-    static constexpr int kInputs = kLinear ? kBinaryLinearV3Inputs : kBinaryConv2dV3Inputs;
-    static constexpr int kRequiredInputs = kLinear ? kBinaryLinearV3RequiredInputs : kBinaryConv2dV3RequiredInputs;
+    static_assert(kOpsetVersion == 4, "the versions this library implements");
+    static_assert(kBinaryConv2dV4Inputs == kBinaryConv2dV3Inputs, "version 4 changes only the residual's shape");
+    static constexpr int kInputs = kLinear ? kBinaryLinearV3Inputs : kBinaryConv2dV4Inputs;
+    static constexpr int kRequiredInputs = kLinear ? kBinaryLinearV3RequiredInputs : kBinaryConv2dV4RequiredInputs;
     static_assert(kRequiredInputs == (kLinear ? kBinaryLinearV1Inputs : kBinaryConv2dV1Inputs),
                   "versions 2 and 3 add only optional inputs to version 1's");
 

@@ -26,7 +26,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
            "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2",
-           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "BINARY_CONV2D_V4", "definition", "conv_output_size", "MAX_SPATIAL",
+           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "BINARY_CONV2D_V4", "ACTIVATIONS", "definition", "conv_output_size", "MAX_SPATIAL",
            "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
 
 DOMAIN = "binarize"
@@ -326,22 +326,27 @@ BINARY_LINEAR_V3 = _version3(BINARY_LINEAR_V2, "[..., M]")
 # Version 4 (BinaryConv2d only; BinaryLinear stays at version 3 in opset 4): `residual` may have
 # another channel count than Y, in the two ratios of a parameter-free shortcut (ReActNet / Bi-Real)
 # for a layer that widens or narrows the channels: its channels tiled, or adjacent groups of them
-# averaged. The shortcut's Concat or ReduceMean is then no separate pass over the map: the op reads
-# the shortcut's input (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4").
-# A residual of Y's shape gives exactly version 3's result.
+# averaged; and an activation may follow the sum (a MobileNet expansion's ReLU6 or HardSwish). The
+# shortcut's Concat or ReduceMean and the activation are then no separate passes over the map
+# (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4"). A residual of Y's
+# shape and activation 0 give exactly version 3's result.
+ACTIVATIONS = {0: "none", 1: "ReLU", 2: "ReLU6", 3: "HardSwish"}
+_ACTIVATION = Attribute("activation", "int", "applied to Y last: " + ", ".join(f"{k} = {v}" for k, v in ACTIVATIONS.items()),
+                        default=0, minimum=0, maximum=max(ACTIVATIONS), constraint="0 none, 1 ReLU, 2 ReLU6, 3 HardSwish")
 BINARY_CONV2D_V4 = OpDefinition(
     name="BinaryConv2d", version=4,
-    summary="Version 3 with a residual of another channel count: C_r dividing M is tiled (Y channel m adds "
-            "channel m mod C_r), M dividing C_r is averaged in adjacent groups of C_r / M channels.",
+    summary="Version 3 with a residual of another channel count (C_r dividing M is tiled: Y channel m adds "
+            "channel m mod C_r; M dividing C_r is averaged in adjacent groups of C_r / M channels) and an "
+            "optional activation of Y (ReLU, ReLU6, HardSwish).",
     inputs=(*BINARY_CONV2D_V3.inputs[:5],
             Parameter("residual", "float32", "[N, C_r, OH, OW]",
                       "added to Y after the per-channel transform (a double skip's shortcut), C_r = M, C_r "
                       "dividing M (tiled) or M dividing C_r (group mean); absent = 0", optional=True),
             BINARY_CONV2D_V3.inputs[6]),
     outputs=BINARY_CONV2D_V3.outputs,
-    attributes=BINARY_CONV2D_V3.attributes,
+    attributes=(*BINARY_CONV2D_V3.attributes, _ACTIVATION),
     semantics="""\
-Version 3 with one change: `residual` (R0) may have C_r channels instead of M, where C_r divides
+Version 3 with two changes. First, `residual` (R0) may have C_r channels instead of M, where C_r divides
 M or M divides C_r (N, OH and OW as Y's). The channel of R0' (version 3's R0 after its optional
 ReLU, applied to every element of R0 first) that Y channel m adds is
 
@@ -355,11 +360,20 @@ so `BinaryConv2d(X, ..., residual=S)` equals version 3 with `residual = Concat([
 or `residual = ReduceMean(Reshape(S, [N, M, g, OH, OW]), axes=[2])`. With C_r = M the result is
 exactly version 3's. `residual2` keeps exactly Y's shape.
 
+Second, `activation` applies to version 3's Y (after both residuals), in float32, NaN passing through:
+
+    1 ReLU:       Y < 0 ? 0 : Y
+    2 ReLU6:      Y < 0 ? 0 : (Y > 6 ? 6 : Y)          (ONNX Clip with min 0, max 6)
+    3 HardSwish:  Y · max(0, min(1, Y / 6 + 1/2))       (ONNX HardSwish)
+
+With activation 0 (the default) Y is version 3's.
+
 Everything else is version 3's ([BinaryConv2d-v3.md](BinaryConv2d-v3.md)). The reference
 implementation is the eager PyTorch op `torch.ops.binarize.binary_conv2d_v4`
 (`binarize.converters.ops`), tested against every kernel path.""",
     errors=BINARY_CONV2D_V3.errors + """ Version 4: `residual` of rank 4 with N, OH and OW as Y's
-and a channel count C_r that divides M or that M divides (else an error naming both counts).""",
+and a channel count C_r that divides M or that M divides (else an error naming both counts);
+`activation` outside 0 .. 3.""",
     torch_op="binarize::binary_conv2d_v4",
     check_together=BINARY_CONV2D_V3.check_together,
 )

@@ -17,11 +17,12 @@ Three steps:
    layer's op as its residual, and a second such Add (a basic block's identity shortcut) as its
    second residual; a residual computed by a parameter-free shortcut without pooling (a widening
    layer's tiled channels, a narrowing layer's group means) is replaced by the shortcut's input,
-   which the op tiles or averages itself; a ReLU that computes a residual (the activation a double
-   skip carries) moves into the op too, and goes when nothing else reads it. Every binary layer
-   exports the oldest version of the ``binarize`` ops that all of them can use: 1; 2 with an input
+   which the op tiles or averages itself; a ReLU, ReLU6 or HardSwish that alone reads a binary
+   conv's output runs in the op; a ReLU that computes a residual (the activation a double skip
+   carries) moves into the op too, and goes when nothing else reads it. Every binary layer exports
+   the oldest version of the ``binarize`` ops that all of them can use: 1; 2 with an input
    threshold or one fused Add; 3 with a second Add or a residual ReLU; 4 with a shortcut's input as
-   the residual.
+   the residual or an activation.
 2. :func:`to_onnx` - ``torch.onnx.export(dynamo=True)`` with the custom ops translated to the
    ``binarize`` domain; everything else (shortcuts, float layers, activations, the BatchNorms not
    folded) becomes standard ONNX ops. The result is checked against the op schemas with shape inference.
@@ -291,6 +292,47 @@ def _relu_input(node: fx.Node, gm: fx.GraphModule) -> Optional[fx.Node]:
     return node.args[0] if is_relu and len(node.args) == 1 and isinstance(node.args[0], fx.Node) else None
 
 
+def _activation_of(node: fx.Node, gm: fx.GraphModule) -> Optional[Tuple[int, fx.Node]]:
+    """(BinaryConv2d v4's activation code, its input) when ``node`` computes ReLU, ReLU6 or HardSwish of
+    one tensor out of place (``convert`` switched in-place activations off), else None."""
+    source = _relu_input(node, gm)
+    if source is not None:
+        return 1, source
+    if node.op == "call_module":
+        module = module_of(gm, node)
+        code = (2 if isinstance(module, nn.Hardtanh) and (module.min_val, module.max_val) == (0.0, 6.0) else
+                3 if isinstance(module, nn.Hardswish) else None)
+        if getattr(module, "inplace", False) or node.kwargs:
+            code = None
+    elif node.op == "call_function":
+        code = {F.relu6: 2, F.hardswish: 3}.get(node.target)
+        if node.kwargs.get("inplace", False):
+            code = None
+    else:
+        code = None
+    if code is None or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return None
+    return code, node.args[0]
+
+
+def _fuse_activations(gm: fx.GraphModule) -> None:
+    """A ReLU, ReLU6 or HardSwish that is the only reader of a binary conv's output (its residuals
+    already fused) runs in the op (BinaryConv2d v4's ``activation``), on each output tile as it is
+    computed, instead of as a pass over the map: MobileNets' expansion layers."""
+    for node in list(gm.graph.nodes):
+        layer = module_of(gm, node) if node.op == "call_module" else None
+        if not isinstance(layer, PackedBinaryConv2d) or not layer.takes_residual or node.kwargs.get("activation") \
+                or len(node.users) != 1:
+            continue
+        found = _activation_of(next(iter(node.users)), gm)
+        if found is None or found[1] is not node:
+            continue
+        activation = next(iter(node.users))
+        node.kwargs = {**node.kwargs, "activation": found[0]}
+        activation.replace_all_uses_with(node)
+        gm.graph.erase_node(activation)
+
+
 def _fuse_residual_relus(gm: fx.GraphModule) -> None:
     """A fused residual computed by a ReLU reads the ReLU's input instead, with the op's
     ``residual_relu`` flag set (v3): relu is exact, so the sum is the same, and a ReLU that only fed
@@ -325,7 +367,8 @@ def _set_op_version(gm: fx.GraphModule) -> None:
             channels = meta.shape[1] if isinstance(layer, PackedBinaryConv2d) and isinstance(meta, TensorMetadata) \
                 else None
             needs.append(layer.needed_version("residual" in node.kwargs, "residual2" in node.kwargs,
-                                              node.kwargs.get("residual_relu", (0, 0)), channels))
+                                              node.kwargs.get("residual_relu", (0, 0)), channels,
+                                              node.kwargs.get("activation", 0)))
     version = max(needs, default=1)
     for layer in layers:
         layer.op_version = version
@@ -365,6 +408,7 @@ def prepare(model: nn.Module, example_input: Optional[Inputs] = None) -> fx.Grap
     if example_input is not None:
         _fuse_residual_adds(gm, _example_args(example_input))
         _fuse_channel_shortcuts(gm)
+        _fuse_activations(gm)
         _fuse_residual_relus(gm)
         gm.recompile()
     _set_op_version(gm)

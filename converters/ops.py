@@ -6,7 +6,7 @@ into int64 words (once, when it is built), one multiplier and one bias per packe
 Its custom op ``torch.ops.binarize.binary_conv2d`` (``binary_conv2d_v2`` with the version-2 inputs:
 a threshold per input channel, a residual added in the epilogue; ``binary_conv2d_v3`` with a second
 residual and a ReLU on either; ``binary_conv2d_v4`` with a residual of another channel count, tiled or
-averaged in groups) has an eager implementation that computes
+averaged in groups, and an activation of the result) has an eager implementation that computes
 exactly what the kernel computes (``multiplier * D + bias`` with the integer dot product D of the
 signs), so a prepared model can also be run in PyTorch, and a fake kernel for ``torch.export``.
 :data:`ONNX_TRANSLATIONS` is the ``custom_translation_table`` for ``torch.onnx.export``.
@@ -72,8 +72,22 @@ def _residual_of_channels(residual: torch.Tensor, channels: int, relu: int) -> t
     return total / groups.shape[2]
 
 
+def _activated(y: torch.Tensor, activation: int) -> torch.Tensor:
+    """Version 4's ``activation`` of Y in float32 as the kernels compute it (1 ReLU, 2 ReLU6, 3 HardSwish;
+    NaN passes through)."""
+    zero = torch.zeros_like(y)
+    if activation == 1:
+        return torch.where(y < 0, zero, y)
+    if activation == 2:
+        return torch.where(y < 0, zero, torch.where(y > 6, torch.full_like(y, 6.0), y))
+    if activation == 3:
+        gate = y * (1.0 / 6.0) + 0.5
+        return y * torch.where(gate < 0, zero, torch.where(gate > 1, torch.ones_like(y), gate))
+    return y
+
+
 def _conv_reference(x, weight, multiplier, bias, threshold, residuals, in_channels, strides, pads, dilations,
-                    residual_relu=(0, 0)):
+                    residual_relu=(0, 0), activation=0):
     signs = _unpack(weight, in_channels).permute(0, 3, 1, 2)  # [M, KH, KW, C] -> [M, C, KH, KW]
     top, left, bottom, right = pads
     x_signs = F.pad(_signs_of_input(x, threshold, 1), (left, right, top, bottom))  # zero padding after binarizing
@@ -83,7 +97,8 @@ def _conv_reference(x, weight, multiplier, bias, threshold, residuals, in_channe
     if residuals and residuals[0] is not None and residuals[0].shape[1] != dot.shape[1]:  # version 4
         residuals[0] = _residual_of_channels(residuals[0], dot.shape[1], residual_relu[0])
         residual_relu[0] = 0
-    return _add_residuals(dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), residuals, residual_relu)
+    return _activated(_add_residuals(dot * multiplier.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1), residuals,
+                                     residual_relu), activation)
 
 
 def _conv_fake(x, weight, kernel_shape, strides, pads, dilations):
@@ -146,16 +161,17 @@ def _binary_conv2d_v3_fake(x, weight, multiplier, bias, threshold, residual, res
 def binary_conv2d_v4(x: torch.Tensor, weight: torch.Tensor, multiplier: torch.Tensor, bias: torch.Tensor,
                      threshold: Optional[torch.Tensor], residual: Optional[torch.Tensor],
                      residual2: Optional[torch.Tensor], in_channels: int, kernel_shape: List[int], strides: List[int],
-                     pads: List[int], dilations: List[int], residual_relu: List[int]) -> torch.Tensor:
+                     pads: List[int], dilations: List[int], residual_relu: List[int], activation: int) -> torch.Tensor:
     """BinaryConv2d v4: v3 with a ``residual`` of C_r channels, C_r dividing M (tiled) or M dividing C_r
-    (adjacent groups averaged): a parameter-free shortcut's Concat or ReduceMean inside the op."""
+    (adjacent groups averaged): a parameter-free shortcut's Concat or ReduceMean inside the op; then
+    ``activation`` (binarize.opset.ACTIVATIONS) of the result."""
     return _conv_reference(x, weight, multiplier, bias, threshold, (residual, residual2), in_channels, strides, pads,
-                           dilations, residual_relu)
+                           dilations, residual_relu, activation)
 
 
 @binary_conv2d_v4.register_fake
 def _binary_conv2d_v4_fake(x, weight, multiplier, bias, threshold, residual, residual2, in_channels, kernel_shape,
-                           strides, pads, dilations, residual_relu):
+                           strides, pads, dilations, residual_relu, activation):
     return _conv_fake(x, weight, kernel_shape, strides, pads, dilations)
 
 
@@ -229,10 +245,10 @@ def _binary_conv2d_v3_onnx(x, weight, multiplier, bias, threshold, residual, res
 
 def _binary_conv2d_v4_onnx(x, weight, multiplier, bias, threshold, residual, residual2, in_channels: int,
                            kernel_shape: Sequence[int], strides: Sequence[int], pads: Sequence[int],
-                           dilations: Sequence[int], residual_relu: Sequence[int]):
+                           dilations: Sequence[int], residual_relu: Sequence[int], activation: int):
     return _onnx_op(BINARY_CONV2D_V4)(x, weight, multiplier, bias, threshold, residual, residual2,
                                       **_conv_attributes(in_channels, kernel_shape, strides, pads, dilations),
-                                      residual_relu=list(residual_relu))
+                                      residual_relu=list(residual_relu), activation=activation)
 
 
 def _binary_linear_onnx(x, weight, multiplier, bias, in_features: int):
@@ -286,34 +302,36 @@ class _PackedBinaryLayer(nn.Module):
     inputs of a call.
 
     ``forward(x, residual=None, residual2=None, residual_relu=(0, 0))`` adds the residuals in the
-    op's epilogue, each through a ReLU where ``residual_relu`` says. ``op_version`` None (the
-    default) is the oldest version the call needs: 1; 2 with a ``threshold`` or a ``residual``
-    (v2); 3 with ``residual2`` or a ReLU (v3); 4 with a conv's ``residual`` of another channel count
-    (v4). The exporter sets the newest version any layer of the model needs on every layer, since an
+    op's epilogue, each through a ReLU where ``residual_relu`` says; a conv's ``activation``
+    (binarize.opset.ACTIVATIONS) follows. ``op_version`` None (the default) is the oldest version the
+    call needs: 1; 2 with a ``threshold`` or a ``residual`` (v2); 3 with ``residual2`` or a ReLU
+    (v3); 4 with a conv's ``residual`` of another channel count or an ``activation`` (v4). The exporter sets the newest version any layer of the model needs on every layer, since an
     ONNX model imports one version of the domain."""
 
     op_version: Optional[int] = None
 
     def needed_version(self, residual: bool = False, residual2: bool = False,
-                       residual_relu: Sequence[int] = (0, 0), residual_channels: Optional[int] = None) -> int:
+                       residual_relu: Sequence[int] = (0, 0), residual_channels: Optional[int] = None,
+                       activation: int = 0) -> int:
         """The oldest operator version that runs this layer called with (or without) each residual;
         ``residual_channels``: the residual's channel count (a conv's output channels if None)."""
-        if residual_channels is not None and residual_channels != getattr(self, "out_channels", residual_channels):
+        if activation or (residual_channels is not None and
+                          residual_channels != getattr(self, "out_channels", residual_channels)):
             return 4
         if residual2 or any(residual_relu):
             return 3
         return 2 if residual or self.threshold is not None else 1
 
     def _version(self, residual: Optional[torch.Tensor], residual2: Optional[torch.Tensor],
-                 residual_relu: Sequence[int]) -> int:
+                 residual_relu: Sequence[int], activation: int = 0) -> int:
         channels = residual.shape[1] if residual is not None and isinstance(self, PackedBinaryConv2d) else None
-        needs = self.needed_version(residual is not None, residual2 is not None, residual_relu, channels)
+        needs = self.needed_version(residual is not None, residual2 is not None, residual_relu, channels, activation)
         if self.op_version is None:
             return needs
         if self.op_version < needs:
             raise ValueError(f"op_version = {self.op_version}, but this call needs version {needs}: a threshold or "
                              f"residual needs version 2, a second residual or a residual ReLU version 3, a conv's "
-                             f"residual of another channel count version 4")
+                             f"residual of another channel count or an activation version 4")
         return self.op_version
 
 
@@ -359,19 +377,22 @@ class PackedBinaryConv2d(_PackedBinaryLayer):
         return self.orientations == 1 and self.post_bias is None
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                residual2: Optional[torch.Tensor] = None, residual_relu: Sequence[int] = (0, 0)) -> torch.Tensor:
-        if (residual is not None or residual2 is not None) and not self.takes_residual:
-            raise ValueError("a residual is added by the op only without orientations and post_bias")
+                residual2: Optional[torch.Tensor] = None, residual_relu: Sequence[int] = (0, 0),
+                activation: int = 0) -> torch.Tensor:
+        if (residual is not None or residual2 is not None or activation) and not self.takes_residual:
+            raise ValueError("a residual or activation is applied by the op only without orientations and post_bias")
         geometry = (self.in_channels, self.kernel_shape, self.strides, self.pads, self.dilations)
-        version = self._version(residual, residual2, residual_relu)
+        version = self._version(residual, residual2, residual_relu, activation)
         if version == 1:
             y = binary_conv2d(x, self.weight, self.multiplier, self.bias, *geometry)
         elif version == 2:
             y = binary_conv2d_v2(x, self.weight, self.multiplier, self.bias, self.threshold, residual, *geometry)
+        elif version == 3:
+            y = binary_conv2d_v3(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2,
+                                 *geometry, list(residual_relu))
         else:
-            op = binary_conv2d_v3 if version == 3 else binary_conv2d_v4
-            y = op(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2, *geometry,
-                   list(residual_relu))
+            y = binary_conv2d_v4(x, self.weight, self.multiplier, self.bias, self.threshold, residual, residual2,
+                                 *geometry, list(residual_relu), activation)
         if self.orientations > 1:
             y = y.unflatten(1, (self.orientations, self.out_channels)).amax(1)
         if self.post_bias is not None:

@@ -38,19 +38,22 @@ def consumers(model: onnx.ModelProto) -> dict:
 
 def test_resnet18_blocks_export_as_their_binary_ops_only(tmp_path):
     """torchvision's ResNet-18 with Bi-Real double skips: all 24 Adds (16 double skips, 8 identity
-    shortcuts) and the 13 ReLUs that only fed shortcuts run inside the 16 binary ops; the 4 ReLUs a
-    float op reads (3 downsample convs, the pooled head) stay. Every path gives exactly the unfused
-    file's output (the same float additions in the same order), and PyTorch's."""
+    shortcuts) and the 13 ReLUs that only fed shortcuts run inside the 16 binary ops, and so does
+    the last block's ReLU (the op's activation, version 4: only the pooled head reads it); the 3
+    ReLUs the downsample convs read beside a binary op's input stay. Every path gives exactly the
+    unfused file's output (the same float additions in the same order), and PyTorch's."""
     bnn, x = binarized("resnet18", "bireal", rprelu=False)
     fused = onnx.load(binarize.export(bnn, tmp_path / "fused.onnx", x[:1]))
     unfused = onnx.load(binarize.export(bnn, tmp_path / "unfused.onnx", x[:1], fuse_residual_adds=False))
-    assert (binarize_version(fused), binarize_version(unfused)) == (3, 1)
+    assert (binarize_version(fused), binarize_version(unfused)) == (4, 1)
     before, after = (Counter(node.op_type for node in m.graph.node) for m in (unfused, fused))
     assert (before["Add"], before["Relu"]) == (24, 17)
-    assert (after["Add"], after["Relu"], after["BinaryConv2d"]) == (0, 4, 16)
+    assert (after["Add"], after["Relu"], after["BinaryConv2d"]) == (0, 3, 16)
+    activations = [a.i for node in binary_nodes(fused) for a in node.attribute if a.name == "activation"]
+    assert sorted(activations) == [0] * 15 + [1]
     readers = consumers(fused)
     for relu in (node for node in fused.graph.node if node.op_type == "Relu"):
-        assert {reader.op_type for reader in readers[relu.output[0]]} <= {"Conv", "ReduceMean"}
+        assert {reader.op_type for reader in readers[relu.output[0]]} == {"Conv"}
     two_residuals = [node for node in binary_nodes(fused) if len(node.input) == 7 and node.input[6]]
     assert len(two_residuals) == 8  # each block's second conv: its double skip and the block's shortcut
     relu_flags = Counter(tuple(a.ints) for node in binary_nodes(fused) for a in node.attribute

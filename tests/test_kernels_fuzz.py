@@ -4,7 +4,7 @@
   float convolution of the signs (version 2: of sign(x - threshold), ties x = threshold included,
   plus the residual; version 3: plus two residuals, each through a ReLU or not, with negative
   zeros and NaNs among their values; version 4: the first residual of another channel count,
-  tiled or averaged in groups).
+  tiled or averaged in groups, and an activation of the result).
 - Hostile attributes (huge or wrapped-around pads, strides, dilations, kernel sizes, wrong types)
   on every path, in a subprocess: each must be a Python exception, never a signal and never an
   output. Both tests are bounded to a few seconds each.
@@ -279,10 +279,21 @@ def residual_of_channels(r: np.ndarray, channels: int, relu: int) -> np.ndarray:
     return total / np.float32(groups.shape[2])
 
 
+def activated(y: np.ndarray, activation: int) -> np.ndarray:
+    """Version 4's activation in float32 (1 ReLU, 2 ReLU6, 3 HardSwish as ONNX's HardSwish)."""
+    if activation == 1:
+        return np.where(y < 0, np.float32(0), y)
+    if activation == 2:
+        return np.clip(y, np.float32(0), np.float32(6))
+    if activation == 3:
+        return y * np.clip(y * np.float32(1 / 6) + np.float32(0.5), np.float32(0), np.float32(1))
+    return y
+
+
 def assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels: int, relu: tuple,
-                   with_residual2: bool, rng) -> None:
+                   with_residual2: bool, rng, activation: int = 0) -> None:
     """A version-4 BinaryConv2d whose residual R has ``residual_channels`` channels (and, with
-    ``with_residual2``, a residual2 of Y's shape): expected = ((expected + map(f0(R))) + f1(R2)) on
+    ``with_residual2``, a residual2 of Y's shape): expected = act((expected + map(f0(R))) + f1(R2)) on
     every kernel path."""
     expected = expected.astype(np.float32)
     n, m, oh, ow = expected.shape
@@ -291,24 +302,42 @@ def assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_
     if with_residual2:
         feeds["R2"] = residual_values(expected.shape, rng)
         expected = expected + rectified(feeds["R2"], relu[1])
+    expected = activated(expected, activation)
     model = model_bytes("BinaryConv2d", x.shape, {"W": packing.pack_weight(w_signs), "multiplier": multiplier,
                                                   "bias": bias},
-                        attributes + [helper.make_attribute("residual_relu", list(relu))],
+                        attributes + [helper.make_attribute("residual_relu", list(relu)),
+                                      helper.make_attribute("activation", activation)],
                         inputs=v2_inputs(False, True, with_residual2), version=4,
                         graph_inputs={name: value.shape for name, value in feeds.items()})
     assert_every_path_gives(model, {"X": x, **feeds}, expected)
 
 
 @FUZZ
-@given(conv_cases(), st.integers(1, 4), st.booleans(), st.tuples(st.integers(0, 1), st.integers(0, 1)), st.booleans())
-def test_random_conv_v4_tiles_or_averages_a_residual_of_another_channel_count(case, ratio, widen, relu,
-                                                                                with_residual2):
+@given(conv_cases(), st.integers(1, 4), st.booleans(), st.tuples(st.integers(0, 1), st.integers(0, 1)), st.booleans(),
+       st.integers(0, 3))
+def test_random_conv_v4_maps_a_residual_of_another_channel_count_and_activates(case, ratio, widen, relu,
+                                                                               with_residual2, activation):
     rng = np.random.default_rng(case[-1])
     x, w_signs, multiplier, bias, attributes, expected = random_conv(case, rng)
     m = w_signs.shape[0]
     assume(not widen or m % ratio == 0)
     residual_channels = m // ratio if widen else m * ratio
-    assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels, relu, with_residual2, rng)
+    assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, residual_channels, relu, with_residual2, rng,
+                   activation)
+
+
+@pytest.mark.parametrize("activation", [1, 2, 3])
+def test_conv_v4_activation_on_every_tile_of_a_banded_image(activation):
+    """ReLU, ReLU6 and HardSwish on a 64 -> 40 3x3 conv over 2 images of 45 x 45 (several bands, tiles of
+    4 and 3 pixels, a half channel block): every output once, on every path. The outputs are scaled to
+    +-10 so that each activation's every branch is taken."""
+    rng = np.random.default_rng(activation)
+    case = (2, 64, 40, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (45, 45), 0)
+    x, w_signs, multiplier, bias, attributes, expected = random_conv(case, rng)
+    d = (expected - bias[:, None, None]) / multiplier[:, None, None]  # the integer dot products
+    multiplier, bias = np.full(40, 10 / np.abs(d).max(), np.float32), np.zeros(40, np.float32)
+    expected = d * multiplier[:, None, None]
+    assert_v4_case(x, attributes, w_signs, multiplier, bias, expected, 40, (0, 0), False, rng, activation)
 
 
 @pytest.mark.parametrize("out_channels, residual_channels", [
@@ -386,6 +415,15 @@ HOSTILE_V3 = {
     "residual2 of rank 3": (None, (4, 3, 3)),
 }
 
+# Version 4's activation (BinaryConv2d 3x3 on 8 channels, 4 outputs): name -> attribute value.
+HOSTILE_V4 = {
+    "activation 4": 4,
+    "activation negative": -1,
+    "activation huge": 2**40,
+    "activation as a float": 1.0,
+    "activation as a list": [1, 2],
+}
+
 HOSTILE_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -409,7 +447,7 @@ HOSTILE_SCRIPT = textwrap.dedent("""
 def test_hostile_attributes_are_errors_on_every_path(tmp_path):
     """Plain ONNX Runtime with the library (only the C++ checks run) in a fresh interpreter: every
     hostile case (attributes; version 2's threshold and residual and version 3's residual2 of the
-    wrong shape, a malformed residual_relu) on every path
+    wrong shape, a malformed residual_relu, version 4's activation out of range) on every path
     must raise; the process must exit normally (no SIGSEGV, no abort)."""
     jobs = []
     for i, (name, (x_shape, w_shape, attributes)) in enumerate(HOSTILE_CONV.items()):
@@ -457,6 +495,15 @@ def test_hostile_attributes_are_errors_on_every_path(tmp_path):
                                      graph_inputs={"R": (1, 4, 3, 3), **residual2}))
         feeds = {"X": [1, 8, 5, 5], "R": [1, 4, 3, 3], **{k: list(v) for k, v in residual2.items()}}
         jobs.extend((name, isa, str(path), feeds) for isa in ISAS)
+
+    for i, (name, activation) in enumerate(HOSTILE_V4.items()):
+        path = tmp_path / f"v4-{i}.onnx"
+        path.write_bytes(model_bytes("BinaryConv2d", (1, 8, 5, 5),
+                                     {"W": np.zeros((4, 3, 3, 1), np.int64), "multiplier": np.ones(4, np.float32),
+                                      "bias": np.zeros(4, np.float32)},
+                                     [helper.make_attribute("in_channels", 8), helper.make_attribute("kernel_shape", [3, 3]),
+                                      helper.make_attribute("activation", activation)], version=4))
+        jobs.extend((name, isa, str(path), {"X": [1, 8, 5, 5]}) for isa in ISAS)
 
     result = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, json.dumps(jobs)], capture_output=True,
                             text=True, timeout=120)

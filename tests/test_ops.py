@@ -148,6 +148,21 @@ def test_version_3_attribute_on_a_version_2_node_is_refused_by_the_runtime(op, a
     runtime.session(make_model(op, attributes + [relu], version=3, **shapes))
 
 
+def test_version_4_activation_is_refused_below_version_4_and_on_binary_linear():
+    """BinaryConv2d's activation exists from version 4 on; BinaryLinear has no version 4 (opset 4 is
+    its version 3, without the attribute): the runtime refuses the attribute on both, and the
+    library refuses it on BinaryLinear by itself (a convolution attribute)."""
+    relu6 = A("activation", 2)
+    with pytest.raises(ValueError, match=r"\(BinaryConv2d version 3\) has unknown attribute\(s\) \['activation'\]"):
+        runtime.session(make_model("BinaryConv2d", CONV + [relu6], version=3))
+    runtime.session(make_model("BinaryConv2d", CONV + [relu6], version=4))
+    linear = make_model("BinaryLinear", [A("in_features", 64), relu6], version=4, x_shape=(2, 64), w_shape=(3, 1))
+    with pytest.raises(ValueError, match=r"\(BinaryLinear version 3\) has unknown attribute\(s\) \['activation'\]"):
+        runtime.session(linear)
+    with pytest.raises(Exception, match="BinaryLinear: unknown attribute 'activation' \\(no version of BinaryLinear up to opset 4"):
+        plain_session(linear)
+
+
 def test_unknown_binarize_operator_is_refused_by_the_runtime():
     with pytest.raises(ValueError, match=r"the model \(bytes\): node 'Y': binarize opset version 1 has no operator "
                                          r"'BinaryConv3d'"):

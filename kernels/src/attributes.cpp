@@ -133,6 +133,7 @@ ConvConfig read_conv_config(const OrtApi& api, const OrtKernelInfo* info) {
     c.pad_top = pads[0], c.pad_left = pads[1], c.pad_bottom = pads[2], c.pad_right = pads[3];
     c.dilation_h = dilations[0], c.dilation_w = dilations[1];
     read_residual_relu(api, info, op, kBinaryConv2dV4Attributes, c);
+    c.activation = static_cast<int>(read("activation")[0]);
     check_reduction_size(c);
     return c;
 }

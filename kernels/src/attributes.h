@@ -18,6 +18,7 @@ struct ConvConfig {
     int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
     int64_t dilation_h = 1, dilation_w = 1;
     bool residual_relu[2] = {false, false};  // v3: a ReLU on residual / residual2 before it is added
+    int activation = 0;  // BinaryConv2d v4: 0 none, 1 ReLU, 2 ReLU6, 3 HardSwish, applied to Y last
 
     int64_t channel_words() const { return (channels + 63) / 64; }
     int64_t taps() const { return kernel_h * kernel_w; }

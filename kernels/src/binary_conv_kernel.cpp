@@ -290,7 +290,8 @@ void BinaryConvKernel::Compute(OrtKernelContext* context) {
                               config_.linear ? nullptr : &residual_channels),
          optional_float_input(ctx, 6, config_.op, "residual2", out_shape, "exactly the shape of Y")},
         {config_.residual_relu[0], config_.residual_relu[1]},
-        {0, 0}};
+        {0, 0},
+        config_.activation};
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const int64_t pixels = shape.out_h * shape.out_w;
     if (images == 0 || pixels == 0) return;  // an empty output needs no geometry tables

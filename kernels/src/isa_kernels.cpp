@@ -75,6 +75,19 @@ inline Residuals first_residuals(const Residuals& r) {
 
 inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }
 
+// BinaryConv2d v4's activation of one output (kernel_api.h), NaN passing through.
+inline float activated(float y, int activation) {
+    switch (activation) {
+        case 1: return y < 0.0f ? 0.0f : y;
+        case 2: return y < 0.0f ? 0.0f : y > 6.0f ? 6.0f : y;
+        case 3: {
+            const float gate = y * (1.0f / 6.0f) + 0.5f;
+            return y * (gate < 0.0f ? 0.0f : gate > 1.0f ? 1.0f : gate);
+        }
+        default: return y;
+    }
+}
+
 // Stores an epilogue tile one float at a time: rows[p] holds pixel p's results for kLanes
 // channels; channel j of pixel p goes to out[j * channel_stride + p * pixel_stride], plus the
 // residuals at the same offset (BinaryConv2d v2's fused Add, v3's second Add and ReLUs).
@@ -92,7 +105,7 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
             for (int p = 0; p < pixels; ++p) tile[p][j] += rectified(r[j * channel_stride + p * pixel_stride], relu);
     }
     for (int j = 0; j < channels; ++j)
-        for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = tile[p][j];
+        for (int p = 0; p < pixels; ++p) out[j * channel_stride + p * pixel_stride] = activated(tile[p][j], residuals.activation);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,9 +284,25 @@ struct Isa : Avx512Words, Avx512Counting {
                 if (residuals.relu[k]) r = _mm512_maskz_max_ps(0xffff, _mm512_setzero_ps(), r);
                 both = _mm512_add_ps(both, r);
             }
+            both = activated(both, residuals.activation);
             _mm512_mask_storeu_ps(out + j * channel_stride, pixel_lanes, both);
             if (j + 1 < channels)
                 _mm256_mask_storeu_ps(out + (j + 1) * channel_stride, static_cast<__mmask8>(pixel_lanes), _mm512_extractf32x8_ps(both, 1));
+        }
+    }
+
+    // activated() (above) on 16 floats: max(0, y) and min(6, y) return y when it is NaN (their
+    // second operand), as y < 0 ? 0 : y does. (maskz forms, all lanes on: see store_columns.)
+    static __m512 activated(__m512 y, int activation) {
+        const __m512 zero = _mm512_setzero_ps();
+        switch (activation) {
+            case 1: return _mm512_maskz_max_ps(0xffff, zero, y);
+            case 2: return _mm512_maskz_min_ps(0xffff, _mm512_set1_ps(6.0f), _mm512_maskz_max_ps(0xffff, zero, y));
+            case 3: {
+                const __m512 gate = y * _mm512_set1_ps(1.0f / 6.0f) + _mm512_set1_ps(0.5f);
+                return y * _mm512_maskz_min_ps(0xffff, _mm512_set1_ps(1.0f), _mm512_maskz_max_ps(0xffff, zero, gate));
+            }
+            default: return y;
         }
     }
 
@@ -466,7 +495,22 @@ struct Isa {
                 if (residuals.relu[k]) r = _mm_max_ps(_mm_setzero_ps(), r);
                 y = _mm_add_ps(y, r);
             }
-            store_first(out + j * channel_stride, y, pixels);
+            store_first(out + j * channel_stride, activated(y, residuals.activation), pixels);
+        }
+    }
+
+    // activated() (above) on 4 floats: max(0, y) and min(6, y) return y when it is NaN (their
+    // second operand), as y < 0 ? 0 : y does.
+    static __m128 activated(__m128 y, int activation) {
+        const __m128 zero = _mm_setzero_ps();
+        switch (activation) {
+            case 1: return _mm_max_ps(zero, y);
+            case 2: return _mm_min_ps(_mm_set1_ps(6.0f), _mm_max_ps(zero, y));
+            case 3: {
+                const __m128 gate = y * _mm_set1_ps(1.0f / 6.0f) + _mm_set1_ps(0.5f);
+                return y * _mm_min_ps(_mm_set1_ps(1.0f), _mm_max_ps(zero, gate));
+            }
+            default: return y;
         }
     }
 

@@ -26,10 +26,12 @@ struct PackArgs {
     const float* threshold;  // [C]: channel c's bit is sign(x - threshold[c]) (BinaryConv2d v2); nullptr = 0
 };
 
-// What the epilogue adds to the result, in this order: Y = ((multiplier * D + bias) + f0(R0)) + f1(R1)
-// with Rk = tensor[k] laid out like the output (nullptr: not added) and fk(r) = (r < 0 ? 0 : r)
-// where relu[k] (a ReLU that keeps NaN), else r. BinaryConv2d / BinaryLinear v2 have R0 only,
-// v3 adds R1 and the ReLUs (attribute residual_relu). A convolution's Rk may instead hold
+// What the epilogue adds to the result, in this order, and applies last:
+// Y = act(((multiplier * D + bias) + f0(R0)) + f1(R1)) with Rk = tensor[k] laid out like the output
+// (nullptr: not added), fk(r) = (r < 0 ? 0 : r) where relu[k] (a ReLU that keeps NaN), else r,
+// and act the BinaryConv2d v4 `activation` (0 none, 1 ReLU, 2 ReLU6, 3 HardSwish; NaN kept).
+// BinaryConv2d / BinaryLinear v2 have R0 only, v3 adds R1 and the ReLUs (attribute
+// residual_relu). A convolution's Rk may instead hold
 // period[k] channels (0: the output's count), tiled: output channel m reads channel m % period[k]
 // (BinaryConv2d v4's widening shortcut read in place); period[k] is then a multiple of the ISA's
 // channels_per_block, so that a channel block never wraps.
@@ -37,6 +39,7 @@ struct Residuals {
     const float* tensor[2];
     bool relu[2];
     int64_t period[2];
+    int activation;
 
     // The slots in use, 0 .. 2 (a node may give input 6 and leave input 5 empty: 2, the first one
     // null). The ISA kernels specialise their epilogue on it.

@@ -102,6 +102,7 @@ constexpr AttributeDefinition kBinaryConv2dV4Attributes[] = {
     {"dilations", AttributeType::ints, false, 2, 1, 65535LL, {1, 1}, "positive"},
     {"group", AttributeType::int_, false, 1, 1, 1LL, {1}, "must be 1"},
     {"residual_relu", AttributeType::ints, false, 2, 0, 1LL, {0, 0}, "0 or 1"},
+    {"activation", AttributeType::int_, false, 1, 0, 3LL, {0}, "0 none, 1 ReLU, 2 ReLU6, 3 HardSwish"},
 };
 
 }  // namespace binarize

@@ -34,6 +34,12 @@ void reference_binary_conv(const ReferenceConvArgs& a) {
                         const float r = a.residuals.tensor[k][out];
                         y += a.residuals.relu[k] && r < 0.0f ? 0.0f : r;
                     }
+                    if (a.residuals.activation == 1 || a.residuals.activation == 2) y = y < 0.0f ? 0.0f : y;
+                    if (a.residuals.activation == 2) y = y > 6.0f ? 6.0f : y;
+                    if (a.residuals.activation == 3) {  // HardSwish: y * clamp(y / 6 + 1/2, 0, 1)
+                        const float gate = y * (1.0f / 6.0f) + 0.5f;
+                        y *= gate < 0.0f ? 0.0f : gate > 1.0f ? 1.0f : gate;
+                    }
                     a.output[out] = y;
                 }
             }

@@ -26,8 +26,8 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["DOMAIN", "OpDefinition", "Attribute", "Parameter", "OPS", "SUPPORTED_VERSIONS", "LATEST_VERSION",
            "BINARY_CONV2D_V1", "BINARY_LINEAR_V1", "BINARY_CONV2D_V2", "BINARY_LINEAR_V2",
-           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "BINARY_CONV2D_V4", "ACTIVATIONS", "definition", "conv_output_size", "MAX_SPATIAL",
-           "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
+           "BINARY_CONV2D_V3", "BINARY_LINEAR_V3", "BINARY_CONV2D_V4", "ACTIVATIONS", "definition",
+           "conv_output_size", "MAX_SPATIAL", "MAX_REDUCTION", "MAX_PADDED_IMAGE_WORDS", "check_opset_version", "write_generated"]
 
 DOMAIN = "binarize"
 
@@ -330,9 +330,12 @@ BINARY_LINEAR_V3 = _version3(BINARY_LINEAR_V2, "[..., M]")
 # shortcut's Concat or ReduceMean and the activation are then no separate passes over the map
 # (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4"). A residual of Y's
 # shape and activation 0 give exactly version 3's result.
+#: BinaryConv2d v4's ``activation`` codes.
 ACTIVATIONS = {0: "none", 1: "ReLU", 2: "ReLU6", 3: "HardSwish"}
-_ACTIVATION = Attribute("activation", "int", "applied to Y last: " + ", ".join(f"{k} = {v}" for k, v in ACTIVATIONS.items()),
-                        default=0, minimum=0, maximum=max(ACTIVATIONS), constraint="0 none, 1 ReLU, 2 ReLU6, 3 HardSwish")
+_ACTIVATION = Attribute("activation", "int",
+                        "applied to Y last: " + ", ".join(f"{k} = {v}" for k, v in ACTIVATIONS.items()),
+                        default=0, minimum=0, maximum=max(ACTIVATIONS),
+                        constraint=", ".join(f"{k} {v}" for k, v in ACTIVATIONS.items()))
 BINARY_CONV2D_V4 = OpDefinition(
     name="BinaryConv2d", version=4,
     summary="Version 3 with a residual of another channel count (C_r dividing M is tiled: Y channel m adds "

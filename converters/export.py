@@ -261,9 +261,8 @@ def _fuse_channel_shortcuts(gm: fx.GraphModule) -> None:
     over the map of its own (benchmarks/RESULTS.md, "Parameter-free shortcuts inside BinaryConv2d v4").
     The shapes are ShapeProp's from :func:`_fuse_residual_adds`."""
     for node in list(gm.graph.nodes):
-        shortcut = node.kwargs.get("residual") if node.op == "call_module" else None
-        if not isinstance(module_of(gm, node), PackedBinaryConv2d) or not isinstance(shortcut, fx.Node) \
-                or shortcut.op != "call_module":
+        shortcut = node.kwargs.get("residual")
+        if not isinstance(module_of(gm, node), PackedBinaryConv2d) or not isinstance(shortcut, fx.Node):
             continue
         module = module_of(gm, shortcut)
         if not isinstance(module, ParameterFreeShortcut) or not isinstance(module.pool, nn.Identity) \
@@ -320,17 +319,17 @@ def _fuse_activations(gm: fx.GraphModule) -> None:
     already fused) runs in the op (BinaryConv2d v4's ``activation``), on each output tile as it is
     computed, instead of as a pass over the map: MobileNets' expansion layers."""
     for node in list(gm.graph.nodes):
-        layer = module_of(gm, node) if node.op == "call_module" else None
+        layer = module_of(gm, node)
         if not isinstance(layer, PackedBinaryConv2d) or not layer.takes_residual or node.kwargs.get("activation") \
                 or len(node.users) != 1:
             continue
-        found = _activation_of(next(iter(node.users)), gm)
+        (user,) = node.users
+        found = _activation_of(user, gm)
         if found is None or found[1] is not node:
             continue
-        activation = next(iter(node.users))
         node.kwargs = {**node.kwargs, "activation": found[0]}
-        activation.replace_all_uses_with(node)
-        gm.graph.erase_node(activation)
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
 
 
 def _fuse_residual_relus(gm: fx.GraphModule) -> None:

@@ -305,8 +305,9 @@ class _PackedBinaryLayer(nn.Module):
     op's epilogue, each through a ReLU where ``residual_relu`` says; a conv's ``activation``
     (binarize.opset.ACTIVATIONS) follows. ``op_version`` None (the default) is the oldest version the
     call needs: 1; 2 with a ``threshold`` or a ``residual`` (v2); 3 with ``residual2`` or a ReLU
-    (v3); 4 with a conv's ``residual`` of another channel count or an ``activation`` (v4). The exporter sets the newest version any layer of the model needs on every layer, since an
-    ONNX model imports one version of the domain."""
+    (v3); 4 with a conv's ``residual`` of another channel count or an ``activation`` (v4). The
+    exporter sets the newest version any layer of the model needs on every layer, since an ONNX
+    model imports one version of the domain."""
 
     op_version: Optional[int] = None
 

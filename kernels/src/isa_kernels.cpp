@@ -44,10 +44,8 @@ inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // The residuals (kernel_api.h) of the tile that starts `offset` floats further into each one.
 inline Residuals residuals_at(const Residuals& r, int64_t offset) {
-    Residuals at = r;
-    for (int k = 0; k < 2; ++k)
-        if (at.tensor[k] != nullptr) at.tensor[k] += offset;
-    return at;
+    return {{r.tensor[0] == nullptr ? nullptr : r.tensor[0] + offset, r.tensor[1] == nullptr ? nullptr : r.tensor[1] + offset},
+            {r.relu[0], r.relu[1]}, {r.period[0], r.period[1]}, r.activation};
 }
 
 // The residuals of output channels m0 .. of one image, each at its channel m0 (m0 % period for a
@@ -67,10 +65,8 @@ inline Residuals residuals_of_channels(const ConvArgs& a, int64_t image, int64_t
 // so that the stores of the epilogue carry no test for them.
 template <int kResiduals>
 inline Residuals first_residuals(const Residuals& r) {
-    Residuals first = r;
-    if (kResiduals < 1) first.tensor[0] = nullptr;
-    if (kResiduals < 2) first.tensor[1] = nullptr;
-    return first;
+    return {{kResiduals > 0 ? r.tensor[0] : nullptr, kResiduals > 1 ? r.tensor[1] : nullptr}, {r.relu[0], r.relu[1]},
+            {r.period[0], r.period[1]}, r.activation};
 }
 
 inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }

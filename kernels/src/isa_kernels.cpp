@@ -62,11 +62,12 @@ inline Residuals residuals_of_channels(const ConvArgs& a, int64_t image, int64_t
 }
 
 // The residuals with the slots past the first kResiduals (Residuals::slots) as compile-time nulls,
-// so that the stores of the epilogue carry no test for them.
-template <int kResiduals>
+// and without kActivated a compile-time activation 0, so that the stores of the epilogue carry no
+// test for them.
+template <int kResiduals, bool kActivated>
 inline Residuals first_residuals(const Residuals& r) {
     return {{kResiduals > 0 ? r.tensor[0] : nullptr, kResiduals > 1 ? r.tensor[1] : nullptr}, {r.relu[0], r.relu[1]},
-            {r.period[0], r.period[1]}, r.activation};
+            {r.period[0], r.period[1]}, kActivated ? r.activation : 0};
 }
 
 inline float rectified(float r, bool relu) { return relu && r < 0.0f ? 0.0f : r; }
@@ -123,7 +124,9 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 //              weights of one step, placed by place_weight among the step's MB elements;
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
 //              pixel, and their transposed store into NCHW (each channel's pixels contiguous);
-//   PackWords / pack_zero / pack_channel / pack_store   the activation packing.
+//   PackWords / pack_zero / pack_channel / pack_store   the activation packing: pack_channel
+//              adds the signs of one channel (0 .. 63 of a word) of 16 pixels, pack_store writes
+//              the 16 pixels' words.
 // ---------------------------------------------------------------------------------------------
 
 // The loop reads each 64-bit word of 64 channels as it is, and counts the bits of an xor:
@@ -306,7 +309,8 @@ struct Isa : Avx512Words, Avx512Counting {
     // zmm; a channel sets its bit where !(x >= 0). Masked-off lanes load 0.0, i.e. no bit.
     struct PackWords { __m512i lo, hi; };
     static PackWords pack_zero() { return {_mm512_setzero_si512(), _mm512_setzero_si512()}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
+    static void pack_channel(PackWords& words, const float* x16, int pixels, int channel, float threshold) {
+        const uint64_t bit = uint64_t{1} << channel;
         const __mmask16 valid = static_cast<__mmask16>(pixels >= 16 ? 0xffff : (1u << pixels) - 1);
         const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(valid, x16), _mm512_set1_ps(threshold));
         // (Lanes past `pixels` may set bits; pack_pixels stores only the first `pixels` words.)
@@ -314,7 +318,6 @@ struct Isa : Avx512Words, Avx512Counting {
         const __m512i bits = _mm512_set1_epi64(static_cast<long long>(bit));
         words.lo = _mm512_mask_or_epi64(words.lo, static_cast<__mmask8>(negative), words.lo, bits);
         words.hi = _mm512_mask_or_epi64(words.hi, static_cast<__mmask8>(negative >> 8), words.hi, bits);
-        return words;
     }
     static void pack_store(uint64_t* out16, PackWords words) {
         _mm512_storeu_si512(out16, words.lo);
@@ -510,11 +513,19 @@ struct Isa {
         }
     }
 
-    // Packing: 16 pixels' words in four ymm; the 32-bit compare masks are widened to 64 bits.
-    struct PackWords { __m256i w[4]; };
-    static PackWords pack_zero() { return {{_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()}}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
-        const __m256i bits = _mm256_set1_epi64x(static_cast<long long>(bit));
+    // Packing: each channel's 16 sign bits (bit p: pixel p) from two compares and vmovmskps, kept
+    // as 16-bit masks; pack_store transposes the 64 x 16 bit matrix into the 16 pixels' words.
+    // (Widening each compare's lanes to 64 bits and OR-ing the channel's bit into 16 words took
+    // 1.6x the instructions: 576 K at 3x3 64@56 against 367 K; benchmarks/RESULTS.md, "AVX2
+    // packing by bit transpose".)
+    struct PackWords { alignas(32) uint16_t masks[64]; };  // masks[c]: channel c's 16 pixels
+    static PackWords pack_zero() {
+        PackWords words;
+        for (int i = 0; i < 4; ++i) _mm256_store_si256(reinterpret_cast<__m256i*>(words.masks + 16 * i), zero());
+        return words;
+    }
+    static void pack_channel(PackWords& words, const float* x16, int pixels, int channel, float threshold) {
+        int mask = 0;
         for (int half = 0; half < 2; ++half) {
             // A whole half is a plain load (vmaskmovps is slow on AMD Zen 1 even with every lane
             // on); in a short last group, lanes past `pixels` are not loaded (vmaskmovps does not
@@ -524,14 +535,35 @@ struct Isa {
                 ? _mm256_loadu_ps(x16 + 8 * half)
                 : _mm256_maskload_ps(x16 + 8 * half, _mm256_cmpgt_epi32(_mm256_set1_epi32(valid_pixels), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)));
             const __m256 x = _mm256_sub_ps(loaded, _mm256_set1_ps(threshold));
-            const __m256i negative = _mm256_castps_si256(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NGE_UQ));
-            words.w[2 * half] = _mm256_or_si256(words.w[2 * half], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(negative))));
-            words.w[2 * half + 1] = _mm256_or_si256(words.w[2 * half + 1], _mm256_and_si256(bits, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(negative, 1))));
+            mask |= _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_NGE_UQ)) << (8 * half);
         }
-        return words;
+        words.masks[channel] = static_cast<uint16_t>(mask);
     }
-    static void pack_store(uint64_t* out16, PackWords words) {
-        for (int i = 0; i < 4; ++i) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out16 + 4 * i), words.w[i]);
+    // The transpose: the masks' low bytes (pixels 0-7) of channels 0-31 in one ymm, of 32-63 in
+    // another, and the high bytes (pixels 8-15) likewise; shifting every 16-bit lane left by 7 - p
+    // brings bit p of each byte to its top bit, and vpmovmskb gathers those: 32 channels of pixel p.
+    static void pack_store(uint64_t* out16, const PackWords& words) {
+        const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                               0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        __m256i low[2], high[2];  // [i]: channels 32i .. 32i + 31, one byte each
+        for (int i = 0; i < 2; ++i) {
+            __m256i v[2];
+            for (int k = 0; k < 2; ++k) {
+                // 16 channels' masks -> their low bytes in 64-bit lanes 0-1, high bytes in 2-3
+                const __m256i masks = _mm256_load_si256(reinterpret_cast<const __m256i*>(words.masks + 32 * i + 16 * k));
+                v[k] = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(masks, split), 0xd8);
+            }
+            low[i] = _mm256_permute2x128_si256(v[0], v[1], 0x20);
+            high[i] = _mm256_permute2x128_si256(v[0], v[1], 0x31);
+        }
+#pragma GCC unroll 16
+        for (int p = 0; p < 16; ++p) {
+            const __m256i (&bytes)[2] = p < 8 ? low : high;
+            const int shift = 7 - p % 8;
+            const uint32_t first = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(bytes[0], shift)));
+            const uint32_t second = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_slli_epi16(bytes[1], shift)));
+            out16[p] = first | static_cast<uint64_t>(second) << 32;
+        }
     }
 };
 #elif defined(BINARIZE_ISA_NEON)
@@ -565,9 +597,9 @@ struct Isa : WholeWords {
 
     struct PackWords { uint64_t w[16]; };
     static PackWords pack_zero() { return {}; }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
+    static void pack_channel(PackWords& words, const float* x16, int pixels, int channel, float threshold) {
+        const uint64_t bit = uint64_t{1} << channel;
         for (int p = 0; p < pixels; ++p) words.w[p] |= !(x16[p] - threshold >= 0.0f) ? bit : 0;
-        return words;
     }
     static void pack_store(uint64_t* out16, PackWords words) {
         for (int p = 0; p < 16; ++p) out16[p] = words.w[p];
@@ -581,12 +613,13 @@ using WeightElement = typename Isa::WeightElement;
 
 // ---------------------------------------------------------------------------------------------
 // Activation packing: bit = !(x - threshold[c] >= 0) (threshold 0 without one: x - 0 is x for
-// every float, -0 and NaN included), so sign(0) = +1 and NaN binarizes to -1 as in the reference. One pass over the float input writes the padded NHWC word layout described above
+// every float, -0 and NaN included), so sign(0) = +1 and NaN binarizes to -1 as in the
+// reference. One pass over the float input writes the padded NHWC word layout described above
 // popcount_block. The input is walked as one flat sequence of pixels (row-major, so a group
 // may span rows and narrow 7- or 14-pixel rows still fill whole vectors); for a convolution
 // the 16 pixels of a group are contiguous floats of each channel plane, so each channel costs
-// one vector compare + masked OR (Isa::pack_channel). Strided pixels (BinaryLinear rows) take
-// the plain per-float loop.
+// a vector compare or two (Isa::pack_channel), and Isa::pack_store writes the group's words.
+// Strided pixels (BinaryLinear rows) take the plain per-float loop.
 // ---------------------------------------------------------------------------------------------
 constexpr int kPackGroup = 16;
 
@@ -622,8 +655,8 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
                     // prefetchers to follow: ask for this plane's line four groups ahead.
                     __builtin_prefetch(src + (cw * 64 + c) * a.channel_stride + 4 * kPackGroup);
                     const float threshold = a.threshold == nullptr ? 0.0f : a.threshold[cw * 64 + c];
-                    packed = Isa::pack_channel(packed, src + (cw * 64 + c) * a.channel_stride, pixels, uint64_t{1} << c,
-                                               threshold);
+                    Isa::pack_channel(packed, src + (cw * 64 + c) * a.channel_stride, pixels, static_cast<int>(c),
+                                    threshold);
                 }
                 Isa::pack_store(words, packed);
             } else {
@@ -729,7 +762,7 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
 
 // One tile: `pixels` (<= NP) output pixels from q0 on, channels m0 .. m0 + NV * kLanes - 1 (NV
 // vectors of the block's kVectors), with the first kResiduals residual slots.
-template <int NP, int NV, int kResiduals>
+template <int NP, int NV, int kResiduals, bool kActivated>
 void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* weights, int64_t m0, int64_t q0, int pixels,
                 float* out_image, const Residuals& residual_channels) {
     // A partial block (only when the pixel count cannot be tiled exactly) repeats its last
@@ -764,7 +797,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
         const int64_t vector_offset = v * Isa::kLanes * a.output_channel_stride;
         float* out_v = out + vector_offset;
         const Residuals residual_v =
-            first_residuals<kResiduals>(residuals_at(residual_channels, q0 * a.output_pixel_stride + vector_offset));
+            first_residuals<kResiduals, kActivated>(residuals_at(residual_channels, q0 * a.output_pixel_stride + vector_offset));
         // A whole tile (NP pixels, kLanes channels: all but those of a partial last pixel block or
         // past channel M) passes its sizes as constants, which GCC folds into the inlined store:
         // 3x3 64->64@56 took 8 % less time (benchmarks/RESULTS.md, "AVX2 epilogue with constant sizes").
@@ -778,7 +811,7 @@ void conv_block(const ConvArgs& a, const uint64_t* image, const WeightElement* w
     }
 }
 
-template <int NV, int kResiduals>
+template <int NV, int kResiduals, bool kActivated>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
     const uint64_t* packed_image = a.packed_input + image * a.input_image_words;
     const WeightElement* weights = static_cast<const WeightElement*>(a.packed_weights) + channel_block * a.reduction_steps * kBlockChannels;
@@ -790,28 +823,38 @@ void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_
         const int64_t q0 = b * kBlockPixels - (full ? 0 : b - a.full_blocks);
         const int pixels = static_cast<int>(min_i64(full ? kBlockPixels : kBlockPixels - 1, a.output_pixels - q0));
         if (full)
-            conv_block<kBlockPixels, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
+            conv_block<kBlockPixels, NV, kResiduals, kActivated>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
         else
-            conv_block<kBlockPixels - 1, NV, kResiduals>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
+            conv_block<kBlockPixels - 1, NV, kResiduals, kActivated>(a, packed_image, weights, m0, q0, pixels, out_image, residual_channels);
     }
 }
 
 // A last channel block with at most half of its channels below M (M = 40 or 48 with 32-channel
 // blocks) computes only the vectors of those: half the loop for the same outputs.
-template <int kResiduals>
+template <int kResiduals, bool kActivated>
 void conv_blocks(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
     constexpr int kHalf = Isa::kVectors / 2;
     if (Isa::kVectors % 2 == 0 && a.out_channels - channel_block * kBlockChannels <= kHalf * Isa::kLanes)
-        return conv_blocks<kHalf, kResiduals>(a, image, channel_block, block_begin, block_end);
-    conv_blocks<Isa::kVectors, kResiduals>(a, image, channel_block, block_begin, block_end);
+        return conv_blocks<kHalf, kResiduals, kActivated>(a, image, channel_block, block_begin, block_end);
+    conv_blocks<Isa::kVectors, kResiduals, kActivated>(a, image, channel_block, block_begin, block_end);
+}
+
+// The epilogue specialised on the residual slots in use and on whether there is an activation:
+// a layer with neither stores without testing for them (a test of the activation per stored
+// channel cost 3x3 64@56 3.6 % more convolution instructions; the specialisation makes the
+// library's code 1.5x larger; benchmarks/RESULTS.md, "AVX2 packing by bit transpose").
+template <bool kActivated>
+void conv_tile_activated(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
+    switch (a.residuals.slots()) {
+        case 0: return conv_blocks<0, kActivated>(a, image, channel_block, block_begin, block_end);
+        case 1: return conv_blocks<1, kActivated>(a, image, channel_block, block_begin, block_end);
+        default: return conv_blocks<2, kActivated>(a, image, channel_block, block_begin, block_end);
+    }
 }
 
 void conv_tile(const ConvArgs& a, int64_t image, int64_t channel_block, int64_t block_begin, int64_t block_end) {
-    switch (a.residuals.slots()) {
-        case 0: return conv_blocks<0>(a, image, channel_block, block_begin, block_end);
-        case 1: return conv_blocks<1>(a, image, channel_block, block_begin, block_end);
-        default: return conv_blocks<2>(a, image, channel_block, block_begin, block_end);
-    }
+    if (a.residuals.activation != 0) return conv_tile_activated<true>(a, image, channel_block, block_begin, block_end);
+    conv_tile_activated<false>(a, image, channel_block, block_begin, block_end);
 }
 
 // The weights' [M_padded / MB][K][MB] layout (kernel_api.h) from the ONNX layout [M][KH][KW][CW].

@@ -56,13 +56,13 @@ struct Isa : WholeWords {
         for (int i = 0; i < 8; ++i) words.w[i] = vdupq_n_u64(0);
         return words;
     }
-    static PackWords pack_channel(PackWords words, const float* x16, int pixels, uint64_t bit, float threshold) {
+    static void pack_channel(PackWords& words, const float* x16, int pixels, int channel, float threshold) {
         float partial[16];
         if (pixels < 16) {
             for (int p = 0; p < 16; ++p) partial[p] = p < pixels ? x16[p] : 0.0f;
             x16 = partial;
         }
-        const uint64x2_t bits = vdupq_n_u64(bit);
+        const uint64x2_t bits = vdupq_n_u64(uint64_t{1} << channel);
         for (int quad = 0; quad < 4; ++quad) {
             const int32x4_t non_negative = vreinterpretq_s32_u32(vcgeq_f32(vsubq_f32(vld1q_f32(x16 + 4 * quad), vdupq_n_f32(threshold)), vdupq_n_f32(0.0f)));
             const uint64x2_t low = vreinterpretq_u64_s64(vmovl_s32(vget_low_s32(non_negative)));
@@ -70,7 +70,6 @@ struct Isa : WholeWords {
             words.w[2 * quad] = vorrq_u64(words.w[2 * quad], vbicq_u64(bits, low));
             words.w[2 * quad + 1] = vorrq_u64(words.w[2 * quad + 1], vbicq_u64(bits, high));
         }
-        return words;
     }
     static void pack_store(uint64_t* out16, PackWords words) {
         for (int i = 0; i < 8; ++i) vst1q_u64(out16 + 2 * i, words.w[i]);

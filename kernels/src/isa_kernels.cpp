@@ -118,8 +118,10 @@ inline void store_tile_one_by_one(float* out, const Residuals& residuals, int64_
 //              counts of kGroup differ() results (consecutive reduction steps of one pixel and
 //              one channel vector) to an Acc, which may overflow after kStepsPerFlush steps (a
 //              multiple of kGroup);
-//   Total, zero_total, flush        exact totals per channel: flush(total, acc, steps) adds an Acc
-//              after `steps` reduction steps of the register block;
+//   Total, zero_total, flush        exact totals per channel: flush(total, acc) adds an Acc;
+//   kStepsPerFold, fold             totals that would overflow (AVX2's 16-bit ones) are widened
+//              by fold(total) after every kStepsPerFold reduction steps (WholeWords: 1 and the
+//              identity, which the compiler drops);
 //   WeightElement, place_weight     the weight layout (kernel_api.h): one output channel's
 //              weights of one step, placed by place_weight among the step's MB elements;
 //   Floats / affine / store_columns                     the epilogue: kLanes float results of one
@@ -135,6 +137,10 @@ struct WholeWords {
     static constexpr int kSubSteps = 1;
     using WeightElement = uint64_t;
     static void place_weight(uint64_t* step, int channel, uint64_t word) { step[channel] = word; }
+    // 64-bit totals (or sums of at most 31 x 8-step bytes folded at flush) need no widening.
+    static constexpr int64_t kStepsPerFold = 1;
+    template <typename Total>
+    static Total fold(Total total) { return total; }
 };
 
 // Counting without a vector popcount instruction, for AVX-512BW without VPOPCNTDQ (Skylake-SP,
@@ -176,7 +182,7 @@ struct HarleySealCounting : WholeWords {
     }
     using Total = Vec;
     static Total zero_total() { return Ops::zero(); }
-    static Vec flush(Vec total, Acc acc, int64_t) {
+    static Vec flush(Vec total, Acc acc) {
         // popcount = 8 * eights + 4 * fours + 2 * twos + ones, the last three <= 56 per byte.
         Vec low = Ops::byte_popcount(acc.fours);
         low = Ops::add_bytes(Ops::add_bytes(low, low), Ops::byte_popcount(acc.twos));
@@ -213,7 +219,7 @@ struct Avx512Counting : WholeWords {  // vpopcntq counts straight into 64-bit la
     static Acc add_popcounts(Acc acc, const __m512i (&d)[1]) { return _mm512_add_epi64(acc, _mm512_popcnt_epi64(d[0])); }
     using Total = __m512i;
     static Total zero_total() { return _mm512_setzero_si512(); }
-    static __m512i flush(__m512i total, Acc acc, int64_t) { return _mm512_add_epi64(total, acc); }
+    static __m512i flush(__m512i total, Acc acc) { return _mm512_add_epi64(total, acc); }
 };
 #else
 using Avx512Counting = HarleySealCounting<Avx512Words>;
@@ -391,7 +397,9 @@ struct Isa {
     // ones'), which 256 flushes of <= 224 cannot overflow, folded into 32-bit `wide` counts
     // (channels 8i .. 8i + 7 in wide[i]) every 256 flushes, i.e. only in a reduction of more
     // than 1,792 steps (114,688 sign products): `folded` says whether `wide` holds counts, so
-    // that the common tile neither zeroes nor reads it.
+    // that the common tile neither zeroes nor reads it. popcount_block tests for the fold once
+    // per flush of the block (a test in each accumulator's flush was 2 % of 3x3 64@56's
+    // instructions).
     static constexpr int64_t kStepsPerFold = 256 * kStepsPerFlush;
     struct Total {
         __m256i low, high, wide[2];
@@ -403,14 +411,15 @@ struct Isa {
         t.folded = false;
         return t;
     }
-    static Total flush(Total t, Acc acc, int64_t steps) {
+    static Total flush(Total t, Acc acc) {
         t.low = _mm256_add_epi16(t.low, _mm256_unpacklo_epi8(acc, zero()));
         t.high = _mm256_add_epi16(t.high, _mm256_unpackhi_epi8(acc, zero()));
-        if (steps % kStepsPerFold == 0) {
-            for (int i = 0; i < 2; ++i) t.wide[i] = counts(t, i);
-            t.low = t.high = zero();
-            t.folded = true;
-        }
+        return t;
+    }
+    static Total fold(Total t) {
+        for (int i = 0; i < 2; ++i) t.wide[i] = counts(t, i);
+        t.low = t.high = zero();
+        t.folded = true;
         return t;
     }
     // Channels 8i .. 8i + 7 of a total, as 32-bit counts: the sum of both lanes.
@@ -583,7 +592,7 @@ struct Isa : WholeWords {
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return acc + static_cast<uint64_t>(__builtin_popcountll(d[0])); }
     using Total = uint64_t;
     static Total zero_total() { return 0; }
-    static Vec flush(Vec total, Acc acc, int64_t) { return total + acc; }
+    static Vec flush(Vec total, Acc acc) { return total + acc; }
 
     using Floats = float;
     static Floats affine(Vec total, const int32_t* base, const float* multiplier, const float* bias) {
@@ -755,7 +764,12 @@ inline void popcount_block(const uint64_t* image, const int64_t* pixel_offsets, 
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v)
-                total[p][v] = Isa::flush(k0 == 0 ? Isa::zero_total() : total[p][v], acc[p][v], k1);
+                total[p][v] = Isa::flush(k0 == 0 ? Isa::zero_total() : total[p][v], acc[p][v]);
+        if (k1 % Isa::kStepsPerFold == 0)
+#pragma GCC unroll 8
+            for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 8
+                for (int v = 0; v < NV; ++v) total[p][v] = Isa::fold(total[p][v]);
         k0 = k1;
     } while (k0 < steps);
 }

@@ -29,7 +29,7 @@ struct Isa : WholeWords {
     static Acc add_popcounts(Acc acc, const Vec (&d)[1]) { return vaddq_u8(acc, vcntq_u8(vreinterpretq_u8_u64(d[0]))); }
     using Total = Vec;
     static Total zero_total() { return zero(); }
-    static Vec flush(Vec total, Acc acc, int64_t) { return vaddq_u64(total, vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(acc)))); }
+    static Vec flush(Vec total, Acc acc) { return vaddq_u64(total, vpaddlq_u32(vpaddlq_u16(vpaddlq_u8(acc)))); }
 
     // Epilogue on 2 channels of one pixel (the low halves of the 64-bit totals, which are < 2^31).
     // multiplier * d + bias is written with vector operators, like the scalar formula, so the

@@ -24,15 +24,17 @@ ISAS = {"neon": ("BINARIZE_ISA_NEON", 8, 4, 4), "scalar": ("BINARIZE_ISA_SCALAR"
 
 def hot_loop(assembly: str, isa: str, vectors: int) -> str:
     """The innermost `cnt` loop of the 4-pixel tile of a whole channel block (`vectors` vectors)
-    without residuals (from its label to the branch back to it): in conv_block<4, vectors, 0>, or in
-    conv_blocks<vectors, 0> where GCC inlines the tiles there (the scalar path), whose 4-pixel loop
-    is the one with the most `cnt` instructions."""
-    function = (re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4ELi{vectors}ELi0EE\S*:$(.*?)\.size", assembly,
-                          re.M | re.S)
-                or re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blocksILi{vectors}ELi0EE\S*:$(.*?)\.size", assembly,
-                             re.M | re.S))
+    without residuals or activation (from its label to the branch back to it): in
+    conv_block<4, vectors, 0, false>, or in conv_blocks<vectors, 0, false> where GCC inlines the
+    tiles there (GCC 12 does on both paths), whose 4-pixel loop is the one with the most `cnt`
+    instructions."""
+    function = (re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blockILi4ELi{vectors}ELi0ELb0EE\S*:$(.*?)\.size",
+                          assembly, re.M | re.S)
+                or re.search(rf"^_ZN8binarize\d*isa_{isa}\S*conv_blocksILi{vectors}ELi0ELb0EE\S*:$(.*?)\.size",
+                             assembly, re.M | re.S))
     if function is None:
-        raise RuntimeError(f"neither conv_block<4, {vectors}, 0> nor conv_blocks<{vectors}, 0> found for {isa}")
+        raise RuntimeError(f"neither conv_block<4, {vectors}, 0, false> nor conv_blocks<{vectors}, 0, false> "
+                           f"found for {isa}")
     lines = function.group(1).splitlines()
     loops = []
     for start, line in enumerate(lines):

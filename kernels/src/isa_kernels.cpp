@@ -665,7 +665,7 @@ void pack_pixels(const PackArgs& a, int64_t pixel_begin, int64_t pixel_end) {
                     __builtin_prefetch(src + (cw * 64 + c) * a.channel_stride + 4 * kPackGroup);
                     const float threshold = a.threshold == nullptr ? 0.0f : a.threshold[cw * 64 + c];
                     Isa::pack_channel(packed, src + (cw * 64 + c) * a.channel_stride, pixels, static_cast<int>(c),
-                                    threshold);
+                                      threshold);
                 }
                 Isa::pack_store(words, packed);
             } else {
